@@ -1,0 +1,19 @@
+"""workbench: a measured ladder of Numba CUDA attention kernels, from naive to FlashAttention-2.
+
+    import workbench
+    o = workbench.attention(q, k, v, kernel="flash2", causal=True)
+    workbench.LADDER        # the rungs, in order, each with its one-line lesson
+    workbench.Problem       # shapes, dtype, mask; FLOP and byte counts; random inputs
+    workbench.mode()        # 'gpu', or 'simulator' when there is no usable CUDA device
+"""
+
+# Must run before anything imports Numba: it may switch Numba's CUDA simulator on.
+from .harness.device import mode, select_mode
+
+select_mode()
+
+from .api import attention  # noqa: E402
+from .kernels import LADDER  # noqa: E402
+from .problem import Problem  # noqa: E402
+
+__all__ = ["attention", "LADDER", "Problem", "mode"]

@@ -1,0 +1,142 @@
+"""`workbench.attention`: check the inputs, pick the rung, run it, return what was given.
+
+Input kinds: NumPy arrays (copied to the device and back: returns NumPy), Numba device arrays
+(returns Numba device arrays), and CuPy arrays or torch CUDA tensors through
+`__cuda_array_interface__` (returns the same kind, no host copies). Everything is checked before any
+launch; a problem gets a ValueError or TypeError that names the argument and the fix.
+
+NaN and inf: NumPy inputs are scanned and refused (ValueError). Device inputs are not scanned (that
+would cost a pass over memory): a NaN there propagates into the rows that see it, as in PyTorch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .harness import runner
+from .kernels import get
+from .problem import DTYPES, Problem
+
+
+def _kind(x) -> str:
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    mod = type(x).__module__.split(".")[0]
+    if mod in ("torch", "cupy") and hasattr(x, "__cuda_array_interface__"):
+        return mod
+    from numba import cuda
+
+    if cuda.is_cuda_array(x) or type(x).__name__ in ("DeviceNDArray", "FakeCUDAArray"):
+        return "numba"
+    if mod == "torch":
+        raise TypeError("q, k, v are torch CPU tensors: move them to the GPU (.cuda()) or pass .numpy()")
+    raise TypeError(
+        f"q, k, v must be NumPy arrays, Numba device arrays, or CUDA arrays (CuPy, torch); "
+        f"got {type(x).__module__}.{type(x).__name__}"
+    )
+
+
+def _contiguous(x, kind) -> bool:
+    if kind == "numpy":
+        return True  # copied to the device contiguously anyway
+    if kind == "numba":
+        return x.is_c_contiguous()
+    cai = x.__cuda_array_interface__
+    if cai.get("strides") is None:
+        return True
+    itemsize = np.dtype(cai["typestr"]).itemsize
+    expect, stride = [], itemsize
+    for n in reversed(cai["shape"]):
+        expect.append(stride)
+        stride *= n
+    return all(s == e or n == 1 for s, e, n in zip(cai["strides"], reversed(expect), cai["shape"]))
+
+
+def _problem_from(q, k, v, causal, window, scale) -> Problem:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if len(x.shape) != 4:
+            raise ValueError(f"{name} must be 4-D (batch, heads, seq, head_dim); got shape {tuple(x.shape)}")
+    dtypes = {np.dtype(x.dtype).name if not hasattr(x.dtype, "is_floating_point") else str(x.dtype).split(".")[-1]
+              for x in (q, k, v)}
+    if len(dtypes) > 1:
+        raise TypeError(f"q, k, v must share one dtype; got {sorted(dtypes)}: cast them to one of {DTYPES}")
+    dtype = dtypes.pop()
+    if dtype not in DTYPES:
+        raise TypeError(f"dtype {dtype} is not supported; cast q, k, v to one of {DTYPES}")
+    (b, h, nq, d), (bk, hk, nkv, dk) = tuple(q.shape), tuple(k.shape)
+    if tuple(k.shape) != tuple(v.shape):
+        raise ValueError(f"k and v must have the same shape; got {tuple(k.shape)} and {tuple(v.shape)}")
+    if bk != b:
+        raise ValueError(f"q has batch {b} but k, v have batch {bk}: they must match")
+    if dk != d:
+        raise ValueError(f"q has head_dim {d} but k, v have head_dim {dk}: they must match")
+    if nkv == 0:
+        raise ValueError("k and v have sequence length 0 (Nkv = 0): there is nothing to attend to")
+    if nq == 0 or b == 0 or h == 0 or hk == 0 or d == 0:
+        raise ValueError(f"q shape {tuple(q.shape)}, k shape {tuple(k.shape)}: every dimension must be >= 1")
+    if h % hk:
+        raise ValueError(
+            f"q has {h} heads, k/v have {hk}: the query heads must be a multiple of the key/value "
+            f"heads (MHA: equal, GQA: a divisor, MQA: 1)"
+        )
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal must be True or False, got {causal!r}")
+    return Problem(b, h, hk, nq, nkv, d, dtype, bool(causal), window, scale)
+
+
+def attention(q, k, v, *, kernel="flash2", causal=False, window=None, scale=None,
+              config=None, return_lse=False):
+    """Attention of q (B, H, Nq, D) over k, v (B, Hkv, Nkv, D) with the ladder rung `kernel`.
+
+    causal: bottom-right aligned (query i sees key j when j <= i + Nkv - Nq).
+    window: (left, right), FlashAttention's window_size; -1 is unbounded.
+    scale:  defaults to 1/sqrt(D).  config: the rung's tile sizes, e.g. {"Br": 64, "Bc": 64}.
+    Returns O shaped like q (and LSE, (B, H, Nq) float32, with return_lse=True), of q's kind.
+    """
+    rung = get(kernel)
+    kinds = {_kind(x) for x in (q, k, v)}
+    if len(kinds) > 1:
+        raise TypeError(f"q, k, v must all be the same kind of array; got {sorted(kinds)}")
+    kind = kinds.pop()
+    problem = _problem_from(q, k, v, causal, window, scale)
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not _contiguous(x, kind):
+            raise ValueError(f"{name} is not C-contiguous on the device: pass {name}.contiguous() "
+                             f"(torch) or a contiguous copy")
+        if kind == "numpy" and not np.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or inf; attention of non-finite inputs is undefined here")
+    config = runner.check_config(rung, problem, config)
+
+    from numba import cuda
+
+    if kind == "numpy":
+        dq, dk, dv = (cuda.to_device(np.ascontiguousarray(x)) for x in (q, k, v))
+        do = cuda.device_array(problem.q_shape, problem.dtype)
+        dlse = cuda.device_array(problem.lse_shape, np.float32)
+    elif kind == "numba":
+        dq, dk, dv = q, k, v
+        do = cuda.device_array(problem.q_shape, problem.dtype)
+        dlse = cuda.device_array(problem.lse_shape, np.float32)
+    else:  # torch or cupy: allocate in the caller's library, launch through the CUDA array interface
+        if kind == "torch":
+            import torch
+
+            o_user = torch.empty_like(q)
+            lse_user = torch.empty(problem.lse_shape, dtype=torch.float32, device=q.device)
+        else:
+            import cupy
+
+            o_user = cupy.empty_like(q)
+            lse_user = cupy.empty(problem.lse_shape, dtype=cupy.float32)
+        dq, dk, dv, do, dlse = (cuda.as_cuda_array(x) for x in (q, k, v, o_user, lse_user))
+
+    runner.run(rung, problem, config, dq, dk, dv, do, dlse)
+    cuda.synchronize()
+
+    if kind == "numpy":
+        out, lse = do.copy_to_host(), dlse.copy_to_host()
+    elif kind == "numba":
+        out, lse = do, dlse
+    else:
+        out, lse = o_user, lse_user
+    return (out, lse) if return_lse else out

@@ -1,0 +1,195 @@
+"""Running a rung: config checks, the launch plan, and the one place kernels are launched from.
+
+A rung's `launch(problem, config, q, k, v, o, lse, gpu)` asks `gpu` for scratch memory
+(`gpu.empty`) and launches through it (`gpu.launch(kernel, grid, block, *args)`). The same code then
+serves three purposes:
+
+- plan: run with placeholder arrays and nothing launched, to see every kernel's grid and block before
+  any real launch (so an impossible config is a ValueError, not a CUDA error) and to know the
+  argument types for compiling ahead of time (`python -m workbench.inspect`);
+- live: allocate and launch for real, counting the scratch bytes the rung allocates;
+- checks every launch shares: block and grid limits, and no float64 scalar sneaking into a float32
+  kernel (a Python float argument silently turns the kernel's arithmetic into FP64).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import device
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a rung declares about a problem at a config; the harness does the checking."""
+
+    shared_bytes: int = 0  # static shared memory of its largest kernel, per block
+    head_dims: tuple[int, ...] | None = None  # supported D (None: any)
+    rules: dict = field(default_factory=dict)  # {"Br is a multiple of 4": bool, ...}
+
+
+class Placeholder:
+    """Stands in for a device array while planning: has a shape, a dtype and a Numba type."""
+
+    def __init__(self, shape, dtype):
+        from numba import types
+        from numba.np.numpy_support import from_dtype
+
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.size = int(np.prod(self.shape))
+        self.nbytes = self.size * self.dtype.itemsize
+        self._numba_type_ = types.Array(from_dtype(self.dtype), len(self.shape), "C")
+
+
+@dataclass
+class Launch:
+    kernel: object  # a Numba dispatcher
+    grid: tuple
+    block: tuple
+    argtypes: tuple
+
+    @property
+    def name(self) -> str:
+        return self.kernel.py_func.__name__
+
+    @property
+    def threads(self) -> int:
+        return int(np.prod(self.block))
+
+
+def _dims(x) -> tuple:
+    return tuple(int(v) for v in (x if isinstance(x, tuple) else (x,)))
+
+
+class Launcher:
+    def __init__(self, live: bool):
+        self.live = live
+        self.launches: list[Launch] = []
+        self.workspace_bytes = 0
+        self._scratch = []
+        self._free_start = self._free_min = None
+        if live and not device.simulator():
+            from numba import cuda
+
+            self._free_start = self._free_min = cuda.current_context().get_memory_info().free
+
+    def _note_free(self):
+        if self._free_start is not None:
+            from numba import cuda
+
+            self._free_min = min(self._free_min, cuda.current_context().get_memory_info().free)
+
+    def empty(self, shape, dtype):
+        """Scratch memory for the rung (counted: this is what the memory model predicts)."""
+        arr = Placeholder(shape, dtype)
+        self.workspace_bytes += arr.nbytes
+        if self.live:
+            from numba import cuda
+
+            arr = cuda.device_array(arr.shape, arr.dtype)
+            self._scratch.append(arr)
+            self._note_free()
+        return arr
+
+    def launch(self, kernel, grid, block, *args):
+        for i, a in enumerate(args):
+            if isinstance(a, (float, np.float64)):
+                raise TypeError(
+                    f"{kernel.py_func.__name__}: argument {i} is a float64 ({a!r}); pass "
+                    f"np.float32(...) so the kernel stays in float32 arithmetic"
+                )
+        from numba import typeof
+
+        grid, block = _dims(grid), _dims(block)
+        self.launches.append(Launch(kernel, grid, block, tuple(typeof(a) for a in args)))
+        if self.live:
+            kernel[grid, block](*args)
+            self._note_free()
+
+    @property
+    def driver_bytes(self) -> int | None:
+        """Device memory the driver saw disappear during the call (None in the simulator)."""
+        if self._free_start is None:
+            return None
+        return self._free_start - self._free_min
+
+
+def default_config(rung) -> dict:
+    """The tiles that suit the mode: DEFAULT_CONFIG on a GPU, the rung's tiny SIM_CONFIG in the
+    simulator (where every CUDA thread is a Python thread)."""
+    module = rung.module
+    if device.simulator():
+        return {**module.DEFAULT_CONFIG, **getattr(module, "SIM_CONFIG", {})}
+    return dict(module.DEFAULT_CONFIG)
+
+
+def merged_config(rung, config) -> dict:
+    """The mode's defaults overridden by `config`; unknown keys and non-positive ints refused."""
+    default = default_config(rung)
+    if config is None:
+        return dict(default)
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict like {default}, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(default))
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {unknown} for kernel {rung.name!r}; it takes {sorted(default)}"
+        )
+    for key, value in config.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"config[{key!r}] must be a positive int, got {value!r}")
+    return {**default, **{k: int(v) for k, v in config.items()}}
+
+
+def plan(rung, problem, config: dict) -> list[Launch]:
+    """Every launch the rung would make for this problem, with nothing allocated or launched."""
+    q = Placeholder(problem.q_shape, problem.dtype)
+    k = Placeholder(problem.kv_shape, problem.dtype)
+    v = Placeholder(problem.kv_shape, problem.dtype)
+    o = Placeholder(problem.q_shape, problem.dtype)
+    lse = Placeholder(problem.lse_shape, np.float32)
+    gpu = Launcher(live=False)
+    rung.module.launch(problem, config, q, k, v, o, lse, gpu)
+    return gpu.launches
+
+
+def check_config(rung, problem, config=None) -> dict:
+    """Merge and check a config against the problem and the device; ValueError before any launch."""
+    cfg = merged_config(rung, config)
+    needs: Needs = rung.module.needs(problem, cfg)
+    facts = device.facts()
+    where = f"kernel {rung.name!r} with config {cfg}"
+    if needs.head_dims is not None and problem.head_dim not in needs.head_dims:
+        raise ValueError(
+            f"{where} supports head_dim in {needs.head_dims}, not {problem.head_dim}"
+        )
+    broken = [rule for rule, ok in needs.rules.items() if not ok]
+    if broken:
+        raise ValueError(f"{where}: config must satisfy: {'; '.join(broken)}")
+    if needs.shared_bytes > facts.max_shared_per_block:
+        raise ValueError(
+            f"{where} needs {needs.shared_bytes} bytes of shared memory per block, over the "
+            f"{facts.max_shared_per_block}-byte static limit of {facts.name}: use smaller tiles"
+        )
+    for launch in plan(rung, problem, cfg):
+        if launch.threads > facts.max_threads_per_block or launch.block[0] > 1024:
+            raise ValueError(
+                f"{where}: {launch.name} would launch {launch.block} = {launch.threads} threads per "
+                f"block, over the limit of {facts.max_threads_per_block}: use smaller tiles"
+            )
+        if any(g > facts.max_grid_yz for g in launch.grid[1:]) or min(launch.grid) < 1:
+            raise ValueError(
+                f"{where}: {launch.name} would launch grid {launch.grid}; the y and z dimensions "
+                f"must be 1..{facts.max_grid_yz}: use a smaller batch·heads or sequence"
+            )
+    return cfg
+
+
+def run(rung, problem, config: dict, q, k, v, o, lse) -> Launcher:
+    """Launch a rung on device arrays (config already checked). Returns the launcher's accounts."""
+    gpu = Launcher(live=True)
+    rung.module.launch(problem, config, q, k, v, o, lse, gpu)
+    return gpu

@@ -1,0 +1,153 @@
+"""verify.check: is a rung right on this problem? One rule for every rung, stated here.
+
+The procedure (METHOD.md of the device tool):
+1. fresh standard-normal inputs from `seed`, and the float64 NumPy reference on exactly those inputs
+   (float16 inputs are upcast exactly, so the reference sees what the kernel sees);
+2. O and LSE poisoned with NaN before each launch, so an element the kernel never writes fails;
+3. two launches on the same inputs must agree bit for bit (a difference is a race);
+4. errors against float64: max-abs, relative Frobenius ‖out − ref‖/‖ref‖, elementwise
+   |out − ref| <= atol + rtol·|ref|; for LSE, masked-out rows must be exactly -inf.
+
+Tolerances (per I/O dtype; accumulation is always float32):
+- float32: rel-Frobenius <= 2e-5, |err| <= 1e-5 + 1e-4·|ref|, |LSE err| <= 1e-4.
+  float32 arithmetic with sums of up to ~10⁴ terms lands near 1e-6; an all-zeros output scores 1.0.
+- float16: rel-Frobenius <= 2e-3, |err| <= 1e-3 + 4e-3·|ref|, |LSE err| <= 1e-3.
+  Rounding the output to float16 alone costs ~2.8e-4 relative (unit roundoff 2⁻¹¹ / √3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import reference
+from ..kernels import get
+from ..problem import Problem
+from . import runner
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rel_fro: float
+    atol: float
+    rtol: float
+    lse_atol: float
+
+
+TOLERANCE = {
+    "float32": Tolerance(rel_fro=2e-5, atol=1e-5, rtol=1e-4, lse_atol=1e-4),
+    "float16": Tolerance(rel_fro=2e-3, atol=1e-3, rtol=4e-3, lse_atol=1e-3),
+}
+
+
+@dataclass
+class Report:
+    kernel: str
+    problem: Problem
+    seed: int
+    max_abs: float = float("nan")
+    rel_fro: float = float("nan")
+    lse_max_abs: float = float("nan")
+    unwritten: int = 0
+    deterministic: bool = True
+    failures: list = field(default_factory=list)
+    workspace_bytes: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return TOLERANCE[self.problem.dtype]
+
+    def as_dict(self) -> dict:
+        return {
+            "kernel": self.kernel, "problem": self.problem.describe(), "seed": self.seed,
+            "passed": self.passed, "max_abs": self.max_abs, "rel_fro": self.rel_fro,
+            "lse_max_abs": self.lse_max_abs, "unwritten": self.unwritten,
+            "deterministic": self.deterministic, "failures": list(self.failures),
+            "tolerance": vars(self.tolerance),
+        }
+
+    def __str__(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL: " + "; ".join(self.failures)
+        return (f"{self.kernel} [{self.problem.describe()}] rel_fro={self.rel_fro:.2e} "
+                f"max_abs={self.max_abs:.2e} lse={self.lse_max_abs:.2e} {verdict}")
+
+
+def compare(report: Report, out, lse, ref_o, ref_lse) -> Report:
+    """Fill `report` with the errors of (out, lse) against the float64 (ref_o, ref_lse)."""
+    tol = report.tolerance
+    out = np.asarray(out)
+    if out.shape != ref_o.shape:
+        report.failures.append(f"output shape {out.shape} != expected {ref_o.shape}")
+        return report
+    out = out.astype(np.float64)
+    report.unwritten = int(np.isnan(out).sum())
+    if report.unwritten:
+        report.failures.append(f"{report.unwritten} of {out.size} output elements are NaN (never written?)")
+    err = np.abs(out - ref_o)
+    err = np.where(np.isnan(err), np.inf, err)
+    report.max_abs = float(err.max())
+    norm = float(np.linalg.norm(ref_o))
+    diff = float(np.sqrt(np.square(np.where(np.isinf(err), 1e300, err)).sum()))
+    report.rel_fro = diff / norm if norm > 0 else diff
+    if not report.rel_fro <= tol.rel_fro:
+        report.failures.append(f"relative Frobenius error {report.rel_fro:.2e} > {tol.rel_fro:.0e}")
+    bad = err > tol.atol + tol.rtol * np.abs(ref_o)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        report.failures.append(
+            f"{int(bad.sum())} elements off by more than {tol.atol:.0e} + {tol.rtol:.0e}·|ref| "
+            f"(first at {first}: {out[first]!r} vs {ref_o[first]!r})"
+        )
+    if lse is not None:
+        lse = np.asarray(lse, dtype=np.float64)
+        if lse.shape != ref_lse.shape:
+            report.failures.append(f"LSE shape {lse.shape} != expected {ref_lse.shape}")
+            return report
+        finite = np.isfinite(ref_lse)
+        with np.errstate(invalid="ignore"):  # -inf - -inf in masked rows; judged separately below
+            lerr = np.abs(np.where(finite, lse - ref_lse, 0.0))
+        lerr = np.where(np.isnan(lerr), np.inf, lerr)
+        report.lse_max_abs = float(lerr.max()) if lerr.size else 0.0
+        if report.lse_max_abs > tol.lse_atol:
+            report.failures.append(f"LSE max error {report.lse_max_abs:.2e} > {tol.lse_atol:.0e}")
+        masked_wrong = int((~finite & ~(np.isneginf(lse))).sum())
+        if masked_wrong:
+            report.failures.append(f"{masked_wrong} rows see no key but their LSE is not -inf")
+    return report
+
+
+def _poisoned(shape, dtype):
+    from numba import cuda
+
+    return cuda.to_device(np.full(shape, np.nan, dtype=dtype))
+
+
+def check(kernel, problem: Problem, seed: int = 0, config=None) -> Report:
+    """Run `kernel` twice on fresh inputs and judge it against float64 (see the module docstring)."""
+    from numba import cuda
+
+    rung = get(kernel)
+    cfg = runner.check_config(rung, problem, config)
+    q, k, v = problem.make_inputs(seed)
+    ref_o, ref_lse = reference.attention(q, k, v, causal=problem.causal, window=problem.window,
+                                         scale=problem.scale)
+    dq, dk, dv = (cuda.to_device(x) for x in (q, k, v))
+    outs = []
+    report = Report(rung.name, problem, seed)
+    for _ in range(2):
+        do = _poisoned(problem.q_shape, problem.dtype)
+        dlse = _poisoned(problem.lse_shape, np.float32)
+        ran = runner.run(rung, problem, cfg, dq, dk, dv, do, dlse)
+        cuda.synchronize()
+        outs.append((do.copy_to_host(), dlse.copy_to_host()))
+    report.workspace_bytes = ran.workspace_bytes
+    (o1, l1), (o2, l2) = outs
+    report.deterministic = o1.tobytes() == o2.tobytes() and l1.tobytes() == l2.tobytes()
+    if not report.deterministic:
+        report.failures.append("two launches on the same inputs differ bitwise (a race?)")
+    return compare(report, o1, l1, ref_o, ref_lse)

@@ -1,0 +1,85 @@
+"""The truth every kernel is checked against, in float64 NumPy.
+
+`attention` is the textbook definition, one (batch, head) at a time:
+    S = scale · Q Kᵀ,  masked pairs set to -inf,  P = softmax(S) row-wise,  O = P V,
+and LSE = log Σ_j exp(S_ij), the row's log-normaliser (what FlashAttention-2 saves for backward).
+A row that sees no key gets O = 0 and LSE = -inf.
+
+`online_attention` is the same function computed the way the fused rungs compute it: K/V streamed
+in tiles of Bc keys, keeping per row a running max m, a running sum l and an unnormalised O:
+    m_new = max(m, rowmax(S_tile))
+    l     = exp(m - m_new) · l + rowsum(exp(S_tile - m_new))
+    O     = exp(m - m_new) · O + exp(S_tile - m_new) V_tile
+and dividing O by l once at the end. Nothing of size Nq × Nkv is ever held.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .problem import Problem
+
+
+def _problem_of(q, k, v, causal, window, scale) -> Problem:
+    b, h, nq, d = q.shape
+    return Problem(b, h, k.shape[1], nq, k.shape[2], d, "float32", causal, window, scale)
+
+
+def visible_mask(p: Problem) -> np.ndarray:
+    """(Nq, Nkv) booleans: which keys each query sees."""
+    lo, hi = p.visible_range()
+    j = np.arange(p.seq_kv)
+    return (j[None, :] >= lo[:, None]) & (j[None, :] < hi[:, None])
+
+
+def attention(q, k, v, *, causal=False, window=None, scale=None):
+    """Float64 attention: returns (O, LSE) with O shaped like q and LSE (B, H, Nq)."""
+    p = _problem_of(q, k, v, causal, window, scale)
+    q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
+    mask = visible_mask(p)
+    o = np.zeros(q.shape, np.float64)
+    lse = np.full(p.lse_shape, -np.inf, np.float64)
+    seen = mask.any(axis=1)
+    for b in range(p.batch):
+        for h in range(p.heads):
+            hk = h // p.group
+            s = p.scale * (q[b, h] @ k[b, hk].T)
+            s = np.where(mask, s, -np.inf)
+            m = np.where(seen, s.max(axis=1), 0.0)
+            e = np.exp(s - m[:, None])  # exp(-inf) = 0 for masked pairs
+            l = e.sum(axis=1)
+            l_safe = np.where(seen, l, 1.0)
+            o[b, h] = (e / l_safe[:, None]) @ v[b, hk]
+            lse[b, h] = np.where(seen, m + np.log(l_safe), -np.inf)
+    return o, lse
+
+
+def online_attention(q, k, v, *, block_kv=16, causal=False, window=None, scale=None):
+    """The online-softmax recurrence, tile by tile over K/V (float64; all rows at once)."""
+    p = _problem_of(q, k, v, causal, window, scale)
+    q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
+    mask = visible_mask(p)
+    o_final = np.zeros(q.shape, np.float64)
+    lse = np.full(p.lse_shape, -np.inf, np.float64)
+    for b in range(p.batch):
+        for h in range(p.heads):
+            hk = h // p.group
+            m = np.full(p.seq_q, -np.inf)  # running max
+            l = np.zeros(p.seq_q)  # running sum of exp(S - m)
+            o = np.zeros((p.seq_q, p.head_dim))  # running unnormalised output
+            for j0 in range(0, p.seq_kv, block_kv):
+                kt, vt = k[b, hk, j0 : j0 + block_kv], v[b, hk, j0 : j0 + block_kv]
+                s = p.scale * (q[b, h] @ kt.T)
+                s = np.where(mask[:, j0 : j0 + block_kv], s, -np.inf)
+                m_new = np.maximum(m, s.max(axis=1))
+                # A row that has seen nothing yet keeps m = -inf; use 0 there so exp() stays finite.
+                m_safe = np.where(np.isfinite(m_new), m_new, 0.0)
+                alpha = np.exp(m - m_safe)  # rescales what was accumulated under the old max
+                pt = np.exp(s - m_safe[:, None])
+                l = alpha * l + pt.sum(axis=1)
+                o = alpha[:, None] * o + pt @ vt
+                m = m_new
+            seen = l > 0
+            o_final[b, h] = o / np.where(seen, l, 1.0)[:, None]
+            lse[b, h] = np.where(seen, m + np.log(np.where(seen, l, 1.0)), -np.inf)
+    return o_final, lse
