@@ -27,6 +27,8 @@ import math
 import numpy as np
 from numba import cuda, float32
 
+from .common import visible
+
 LESSON = "attention as written: three kernels, the N² score matrix lives in device memory"
 DEFAULT_CONFIG = {"block_xy": 16, "block_rows": 128}  # threads: 16×16 per 2-D block, 128 rows per block
 SIM_CONFIG = {"block_xy": 4, "block_rows": 8}  # the simulator runs each thread as a Python thread
@@ -43,8 +45,7 @@ def scores(q, k, s, scale, group, left, right):
     n_q, n_kv, dim = q.shape[2], k.shape[2], q.shape[3]
     if i >= n_q or j >= n_kv:
         return
-    shift = n_kv - n_q
-    if j < i + shift - left or j > i + shift + right:
+    if not visible(i, j, n_kv - n_q, left, right):
         s[b, h, i, j] = -math.inf
         return
     acc = float32(0)
