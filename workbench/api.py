@@ -24,9 +24,7 @@ def _kind(x) -> str:
     mod = type(x).__module__.split(".")[0]
     if mod in ("torch", "cupy") and hasattr(x, "__cuda_array_interface__"):
         return mod
-    from numba import cuda
-
-    if cuda.is_cuda_array(x) or type(x).__name__ in ("DeviceNDArray", "FakeCUDAArray"):
+    if type(x).__name__ in ("DeviceNDArray", "FakeCUDAArray"):  # FakeCUDAArray: the simulator's
         return "numba"
     if mod == "torch":
         raise TypeError("q, k, v are torch CPU tensors: move them to the GPU (.cuda()) or pass .numpy()")

@@ -144,7 +144,7 @@ def provenance() -> dict:
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "numba": numba.__version__,
-        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "command": " ".join(getattr(sys, "orig_argv", sys.argv)),
     }
     try:
         from importlib.metadata import version

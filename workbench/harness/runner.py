@@ -64,9 +64,31 @@ def _dims(x) -> tuple:
     return tuple(int(v) for v in (x if isinstance(x, tuple) else (x,)))
 
 
+class Pool:
+    """Scratch arrays kept between calls of the same rung on the same problem, so that repeated
+    (timed) calls measure kernels, not cudaMalloc. Handed out in allocation order."""
+
+    def __init__(self):
+        self.arrays, self.next = [], 0
+
+    def take(self, shape, dtype):
+        from numba import cuda
+
+        if self.next < len(self.arrays):
+            arr = self.arrays[self.next]
+            if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
+                raise RuntimeError("a Pool serves one rung on one problem; make a new Pool")
+        else:
+            arr = cuda.device_array(shape, dtype)
+            self.arrays.append(arr)
+        self.next += 1
+        return arr
+
+
 class Launcher:
-    def __init__(self, live: bool):
+    def __init__(self, live: bool, pool: Pool | None = None):
         self.live = live
+        self.pool = pool
         self.launches: list[Launch] = []
         self.workspace_bytes = 0
         self._scratch = []
@@ -87,9 +109,12 @@ class Launcher:
         arr = Placeholder(shape, dtype)
         self.workspace_bytes += arr.nbytes
         if self.live:
-            from numba import cuda
+            if self.pool is not None:
+                arr = self.pool.take(arr.shape, arr.dtype)
+            else:
+                from numba import cuda
 
-            arr = cuda.device_array(arr.shape, arr.dtype)
+                arr = cuda.device_array(arr.shape, arr.dtype)
             self._scratch.append(arr)
             self._note_free()
         return arr
@@ -188,8 +213,11 @@ def check_config(rung, problem, config=None) -> dict:
     return cfg
 
 
-def run(rung, problem, config: dict, q, k, v, o, lse) -> Launcher:
-    """Launch a rung on device arrays (config already checked). Returns the launcher's accounts."""
-    gpu = Launcher(live=True)
+def run(rung, problem, config: dict, q, k, v, o, lse, pool: Pool | None = None) -> Launcher:
+    """Launch a rung on device arrays (config already checked). Returns the launcher's accounts.
+    With a `pool`, scratch memory is reused from the previous call instead of allocated again."""
+    if pool is not None:
+        pool.next = 0
+    gpu = Launcher(live=True, pool=pool)
     rung.module.launch(problem, config, q, k, v, o, lse, gpu)
     return gpu

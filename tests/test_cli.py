@@ -1,0 +1,43 @@
+"""The command-line tools, run as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import workbench  # noqa: F401
+from workbench import compare
+from workbench.harness import verify
+
+
+def test_compare_runs_and_writes_json(tmp_path):
+    out = tmp_path / "c.json"
+    proc = subprocess.run([sys.executable, "-m", "workbench.compare", "--kernels", "naive", "--seq", "9",
+                           "--heads", "2", "--kv-heads", "1", "--dim", "8", "--causal", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "naive" in proc.stdout and "pass" in proc.stdout and "no timing" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["provenance"]["device"].startswith("Numba CUDA simulator")
+    (point,) = data["points"]
+    assert point["status"] == "pass" and point["problem"] == "B=1 H=2/1 N=9 D=8 float32 causal"
+
+
+def test_compare_exit_code_is_nonzero_when_a_rung_fails(monkeypatch, capsys):
+    real = verify.check
+
+    def failing(*args, **kwargs):
+        report = real(*args, **kwargs)
+        report.failures.append("injected failure")
+        return report
+
+    monkeypatch.setattr(verify, "check", failing)
+    assert compare.main(["--kernels", "naive", "--seq", "5", "--dim", "8", "--heads", "1"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_compare_rejects_unknown_kernel():
+    proc = subprocess.run([sys.executable, "-m", "workbench.compare", "--kernels", "nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "unknown kernel 'nope'" in proc.stderr

@@ -1,0 +1,48 @@
+"""Every rung compiles for sm_90 at its default config with no spills and within the shared-memory
+budget — checked in a subprocess with the simulator off (Numba fixes the mode at import)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from workbench.harness.device import H100
+
+
+@pytest.fixture(scope="module")
+def usage(tmp_path_factory):
+    out = tmp_path_factory.mktemp("inspect") / "usage.json"
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    proc = subprocess.run([sys.executable, "-m", "workbench.inspect", "--json", str(out)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_every_rung_compiled(usage):
+    from workbench import LADDER
+
+    assert {u["rung"] for u in usage} == {r.name for r in LADDER}
+    assert {(u["dtype"], u["head_dim"]) for u in usage} == {
+        (t, d) for t in ("float32", "float16") for d in (64, 128)}
+
+
+def test_no_spills_and_shared_memory_in_budget(usage):
+    bad = [u for u in usage if u["spill_bytes"] or u["shared_bytes"] > H100.max_shared_per_block]
+    assert not bad, bad
+
+
+def test_declared_shared_memory_is_what_the_compiler_allocated(usage):
+    """A rung's needs().shared_bytes is what the harness checks configs with: it must be true."""
+    from workbench import LADDER, Problem
+
+    for rung in LADDER:
+        for dtype in ("float32", "float16"):
+            for d in (64, 128):
+                p = Problem(8, 32, 32, 4096, 4096, d, dtype)
+                declared = rung.module.needs(p, rung.module.DEFAULT_CONFIG).shared_bytes
+                actual = max(u["shared_bytes"] for u in usage
+                             if u["rung"] == rung.name and u["dtype"] == dtype and u["head_dim"] == d)
+                assert declared >= actual, (rung.name, dtype, d, declared, actual)
