@@ -188,3 +188,21 @@ def test_memory_model_and_oom_recognition():
     assert memory.model_bytes(rung, P, TINY) == P.io_bytes() + P.batch * P.heads * 13 * 9 * 4
     assert memory.is_oom(RuntimeError("[2] Call to cuMemAlloc results in CUDA_ERROR_OUT_OF_MEMORY"))
     assert not memory.is_oom(ValueError("bad shape"))
+
+
+def test_simulator_shared_arrays_on_one_line_are_distinct():
+    if workbench.mode() != "simulator":
+        pytest.skip("a simulator patch")
+
+    @cuda.jit
+    def two_arrays(out):
+        a = cuda.shared.array(4, float32); b = cuda.shared.array(4, float32)  # noqa: E702
+        t = cuda.threadIdx.x
+        a[t] = float32(1)
+        b[t] = float32(2)
+        cuda.syncthreads()
+        out[t] = a[t] + 10 * b[t]
+
+    out = np.zeros(4, np.float32)
+    two_arrays[1, 4](out)
+    np.testing.assert_array_equal(out, 21)

@@ -8,9 +8,10 @@
 """
 
 # Must run before anything imports Numba: it may switch Numba's CUDA simulator on.
-from .harness.device import mode, select_mode
+from .harness.device import mode, patch_simulator, select_mode
 
-select_mode()
+if select_mode() == "simulator":
+    patch_simulator()
 
 from .api import attention  # noqa: E402
 from .kernels import LADDER  # noqa: E402

@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 
 _LINE = re.compile(
     r"(?P<stack>\d+) bytes stack frame, (?P<spill_st>\d+) bytes spill stores, (?P<spill_ld>\d+) bytes spill loads"
-    r"[\s\S]*?Used (?P<regs>\d+) registers(?:, used \d+ barriers)?(?:, (?P<smem>\d+) bytes smem)?"
+    r"[\s\S]*?Used (?P<regs>\d+) registers(?P<rest>[^\n]*)"
 )
+_SMEM = re.compile(r"(\d+) bytes smem")
 
 
 @dataclass
@@ -58,8 +59,9 @@ def compile_usage(launch, cc=(9, 0)) -> dict:
     m = _LINE.search(log)
     if not m:
         raise RuntimeError(f"could not read the linker's report for {launch.name}:\n{log}")
+    smem = _SMEM.search(m["rest"])  # after "registers", maybe behind "N bytes cumulative stack size"
     return {
-        "registers": int(m["regs"]), "shared_bytes": int(m["smem"] or 0),
+        "registers": int(m["regs"]), "shared_bytes": int(smem[1]) if smem else 0,
         "stack_bytes": int(m["stack"]), "spill_bytes": int(m["spill_st"]) + int(m["spill_ld"]),
     }
 

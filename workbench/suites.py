@@ -1,0 +1,82 @@
+"""Named sets of measurements for `python -m workbench.compare --suite NAME`.
+
+Each suite has a GPU form (the sizes the question needs) and a simulator form (tiny, correctness and
+the memory model only), so the same command runs anywhere.
+
+- `verify`: every rung at its default config over odd shapes, masks, GQA, both head dims and dtypes;
+  verification only, every head compared with float64 (no timing).
+- `ladder`: the seed page's config (B=8, H=32, D=64), seq 512..8192, float32 and float16, every
+  rung: time and peak memory as the sequence grows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .problem import Problem
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    problems: tuple
+    timed: bool  # time and measure memory (GPU) or verify only
+    all_heads: bool  # compare every head with float64, whatever the cost
+
+
+# The simulator's ladder cases: seq 1, 7, 33, 97; (Nq, Nkv) = (13, 29) and (29, 13); causal on and
+# off; window (4, 0) and (2, 3); H/Hkv 4/4, 4/1, 8/2; D 16 and 32; float32 and float16.
+SIM_VERIFY = (
+    Problem(1, 4, 4, 1, 1, 16, "float32"),
+    Problem(1, 4, 1, 1, 1, 32, "float16", causal=True),
+    Problem(1, 4, 1, 7, 7, 32, "float16", causal=True),
+    Problem(2, 4, 4, 7, 7, 16, "float32", window=(2, 3)),
+    Problem(1, 8, 2, 33, 33, 16, "float32", window=(4, 0)),
+    Problem(1, 8, 2, 33, 33, 32, "float16"),
+    Problem(1, 4, 4, 97, 97, 32, "float16", window=(2, 3)),
+    Problem(1, 4, 1, 97, 97, 16, "float32", causal=True),
+    Problem(2, 4, 1, 13, 29, 16, "float32", causal=True),
+    Problem(1, 8, 2, 13, 29, 32, "float16", window=(4, 0)),
+    Problem(1, 8, 2, 29, 13, 32, "float16", causal=True),
+    Problem(1, 4, 4, 29, 13, 16, "float32", window=(2, 3)),
+    Problem(1, 4, 4, 29, 13, 16, "float32"),
+)
+
+# On the GPU: seq 97, 128, 1025, 2048; (Nq, Nkv) = (113, 203), (1023, 1024); causal; window (256, 0);
+# H/Hkv 32/8 and 32/32; D 64 and 128; float32 and float16 — each value in several combinations.
+GPU_VERIFY = (
+    Problem(2, 32, 32, 97, 97, 64, "float32"),
+    Problem(2, 32, 8, 97, 97, 128, "float16", causal=True),
+    Problem(2, 32, 8, 128, 128, 128, "float16", causal=True),
+    Problem(1, 32, 32, 128, 128, 64, "float32", window=(256, 0)),
+    Problem(1, 32, 8, 1025, 1025, 64, "float16", window=(256, 0)),
+    Problem(1, 32, 8, 1025, 1025, 128, "float32"),
+    Problem(1, 32, 32, 2048, 2048, 128, "float32", causal=True),
+    Problem(1, 32, 32, 2048, 2048, 64, "float16", window=(256, 0)),
+    Problem(2, 32, 8, 113, 203, 64, "float32", causal=True),
+    Problem(2, 32, 32, 113, 203, 128, "float16", window=(256, 0)),
+    Problem(1, 32, 8, 1023, 1024, 128, "float16"),
+    Problem(1, 32, 8, 1023, 1024, 64, "float32", causal=True),
+)
+
+SEED_SEQS = (512, 1024, 2048, 4096, 8192)
+
+
+def _ladder(seqs, batch, heads, dim):
+    return tuple(Problem(batch, heads, heads, n, n, dim, dtype) for dtype in ("float32", "float16")
+                 for n in seqs)
+
+
+def get(name: str, simulator: bool) -> Suite:
+    if name == "verify":
+        return Suite("verify", "every rung over odd shapes, masks, GQA, D and dtypes (no timing)",
+                     SIM_VERIFY if simulator else GPU_VERIFY, timed=False, all_heads=True)
+    if name == "ladder":
+        problems = _ladder((16, 33), 1, 2, 16) if simulator else _ladder(SEED_SEQS, 8, 32, 64)
+        return Suite("ladder", "the seed config, seq swept: time and peak memory of every rung",
+                     problems, timed=True, all_heads=False)
+    raise ValueError(f"unknown suite {name!r}; choose one of {NAMES}")
+
+
+NAMES = ("verify", "ladder")
