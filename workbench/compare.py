@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from . import suites
-from .harness import device, memory, runner, timing, verify
+from .harness import device, memory, peers, runner, timing, verify
 from .kernels import LADDER, get
 from .problem import Problem
 
@@ -34,8 +34,9 @@ def parse_args(argv=None):
     d = SIM_DEFAULT if sim else GPU_DEFAULT
     p = argparse.ArgumentParser(prog="python -m workbench.compare",
                                 description="Verify, time and measure the memory of the ladder's rungs.")
-    p.add_argument("--kernels", default=",".join(r.name for r in LADDER),
-                   help="comma-separated rungs (default: all: %(default)s)")
+    p.add_argument("--kernels", default=None,
+                   help="comma-separated rungs (default: a suite's own, else all: "
+                        + ",".join(r.name for r in LADDER) + ")")
     p.add_argument("--batch", type=int, default=d["batch"])
     p.add_argument("--heads", type=int, default=d["heads"])
     p.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: --heads)")
@@ -48,27 +49,46 @@ def parse_args(argv=None):
                    help="sliding window (left, right); -1 = unbounded")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeat", type=int, default=20, help="timed runs per point (GPU)")
+    p.add_argument("--peers", default=None, nargs="?", const=",".join(peers.NAMES),
+                   help="also run these peers (default with no value: all of %(const)s)")
     p.add_argument("--suite", default=None, choices=suites.NAMES,
                    help="a named set of problems (replaces the problem flags)")
     p.add_argument("--out", default=None, metavar="DIR", help="write DIR/<suite>.json and .csv")
     p.add_argument("--json", default=None, metavar="PATH", help="write every point and provenance here")
     args = p.parse_args(argv)
-    args.kernels = [get(name.strip()) for name in args.kernels.split(",") if name.strip()]
+    if args.kernels is not None:
+        args.kernels = [get(name.strip()) for name in args.kernels.split(",") if name.strip()]
+    if args.peers is not None:
+        args.peers = [n.strip() for n in args.peers.split(",") if n.strip()]
+    unknown = sorted(set(args.peers or ()) - set(peers.NAMES))
+    if unknown:
+        p.error(f"unknown peer(s) {unknown}; choose from {list(peers.NAMES)}")
     return args
+
+
+def verify_heads(problem: Problem, all_heads: bool):
+    """None (every head) when the float64 reference is cheap enough, else a sample size."""
+    return None if all_heads or 2 * problem.flops() <= FULL_REFERENCE_FLOPS else SAMPLED_HEADS
+
+
+def problem_fields(problem: Problem) -> dict:
+    """What a point records about its problem (flat, for JSON and CSV)."""
+    return {"problem": problem.describe(), "batch": problem.batch, "heads": problem.heads,
+            "kv_heads": problem.kv_heads, "seq_q": problem.seq_q, "seq_kv": problem.seq_kv,
+            "head_dim": problem.head_dim, "dtype": problem.dtype, "causal": problem.causal,
+            "window": problem.window, "flops": problem.flops(), "min_bytes": problem.min_bytes()}
 
 
 def run_point(rung, problem: Problem, seed: int, repeat: int, timed: bool = True,
               all_heads: bool = False) -> dict:
     """Verify, then (GPU) time and measure one rung on one problem; OOM is recorded, not raised."""
-    point = {"kernel": rung.name, "seq_q": problem.seq_q, "seq_kv": problem.seq_kv,
-             "problem": problem.describe(), "flops": problem.flops(), "min_bytes": problem.min_bytes()}
+    point = {"kernel": rung.name, **problem_fields(problem)}
     try:
         cfg = runner.check_config(rung, problem)
     except ValueError as exc:
         return {**point, "status": "n/a", "reason": str(exc)}
     point["config"] = cfg
-    ref_flops = 2 * problem.flops()  # float64 NumPy, every head
-    heads = None if all_heads or ref_flops <= FULL_REFERENCE_FLOPS else SAMPLED_HEADS
+    heads = verify_heads(problem, all_heads)
     try:
         report = verify.check(rung, problem, seed=seed, config=cfg, heads=heads)
         point.update(status="pass" if report.passed else "FAIL", verify=report.as_dict(),
@@ -82,6 +102,40 @@ def run_point(rung, problem: Problem, seed: int, repeat: int, timed: bool = True
             raise
         point.update(status="OOM", reason=str(exc).splitlines()[0][:200],
                      memory={"model_MiB": memory.model_bytes(rung, problem, cfg) / 2**20})
+    finally:
+        _release()
+    return point
+
+
+def run_peer_point(name: str, problem: Problem, seed: int, repeat: int, all_heads: bool = False) -> dict:
+    """The same as run_point for a peer (torch SDPA backends, torch/CuPy standard attention)."""
+    point = {"kernel": name, **problem_fields(problem)}
+    why = peers.available()[name]
+    if why:
+        return {**point, "status": "n/a", "reason": why}
+    from numba import cuda
+
+    heads = verify_heads(problem, all_heads)
+    try:
+        q, k, v, pairs, ref_o, ref_lse = verify.truth(problem, seed, heads)
+        dq, dk, dv = (cuda.to_device(x) for x in (q, k, v))
+        try:
+            fn = peers.build(name, problem, dq, dk, dv)
+        except peers.NotApplicable as exc:
+            return {**point, "status": "n/a", "reason": str(exc)}
+        report = verify.compare_sampled(verify.Report(name, problem, seed), peers.to_numpy(fn()), None,
+                                        pairs, ref_o, ref_lse)
+        point.update(status="pass" if report.passed else "FAIL", verify=report.as_dict(),
+                     verified_heads="all" if heads is None else heads)
+        peak = problem.input_bytes() + peers.peak_bytes(name, fn)  # the peer allocates O itself
+        t = timing.time_call(fn, repeat=repeat)
+        point.update(timing=t.as_dict(), tflops=problem.flops() / (t.median_ms * 1e-3) / 1e12,
+                     gbps=problem.min_bytes() / (t.median_ms * 1e-3) / 1e9,
+                     memory={"model_MiB": None, "peak_MiB": peak / 2**20, "driver_MiB": None})
+    except Exception as exc:  # noqa: BLE001 - an OOM is a data point
+        if not memory.is_oom(exc):
+            raise
+        point.update(status="OOM", reason=str(exc).splitlines()[0][:200])
     finally:
         _release()
     return point
@@ -105,7 +159,8 @@ def _measure(rung, problem, cfg, seed, repeat) -> dict:
 
 
 def _release():
-    """Free what the last point left (Numba defers frees), so the next point starts clean."""
+    """Free what the last point left (Numba defers frees, torch and CuPy cache), so the next point
+    starts clean."""
     import gc
 
     gc.collect()
@@ -113,6 +168,10 @@ def _release():
         from numba import cuda
 
         cuda.current_context().deallocations.clear()
+        if "torch" in sys.modules:
+            sys.modules["torch"].cuda.empty_cache()
+        if "cupy" in sys.modules:
+            sys.modules["cupy"].get_default_memory_pool().free_all_blocks()
 
 
 def print_table(points, title):
@@ -121,27 +180,32 @@ def print_table(points, title):
 
     sim = device.simulator() or not any("timing" in p for p in points)
     table = Table(title=title)
-    cols = ["kernel", "problem" if "problem" in title else "seq", "rel err", "verify"]
+    per_problem = "problem per row" in title
+    cols = ["kernel", "problem" if per_problem else "seq", "rel err", "verify"]
     cols += ["model KiB"] if sim else ["ms (p20-p80)", "TFLOP/s", "peak MiB", "model MiB"]
+    notes = any(pt.get("reason") for pt in points)
+    cols += ["note"] if notes else []
     for c in cols:
-        table.add_column(c, justify="left" if c in ("kernel", "verify") else "right")
+        table.add_column(c, justify="left" if c in ("kernel", "verify", "note") else "right")
     for pt in points:
         err = pt.get("verify", {}).get("rel_fro")
         status = pt["status"]
         style = {"pass": "green", "FAIL": "red"}.get(status, "yellow")
-        where = pt["problem"] if "problem" in title else str(pt["seq_q"])
+        where = pt["problem"] if per_problem else str(pt["seq_q"])
         row = [pt["kernel"], where, "" if err is None else f"{err:.1e}",
                f"[{style}]{status}[/{style}]"]
         mem = pt.get("memory", {})
-        model = f"{mem['model_MiB']:.0f}" if "model_MiB" in mem else ""
+        model = f"{mem['model_MiB']:.0f}" if mem.get("model_MiB") is not None else ""
         if sim:
-            row += [f"{mem['model_MiB'] * 1024:.1f}" if "model_MiB" in mem else ""]
+            row += [f"{mem['model_MiB'] * 1024:.1f}" if mem.get("model_MiB") is not None else ""]
         elif "timing" in pt:
             t = pt["timing"]
             row += [f"{t['median_ms']:.3f} ({t['p20_ms']:.3f}-{t['p80_ms']:.3f})", f"{pt['tflops']:.2f}",
                     f"{mem['peak_MiB']:.0f}", model]
         else:
             row += ["", "", "", model]
+        if notes:
+            row.append((pt.get("reason") or "")[:60])
         table.add_row(*row)
     Console(width=None if sys.stdout.isatty() else 150).print(table)
     if device.simulator():
@@ -149,7 +213,8 @@ def print_table(points, title):
               "memory model only)")
 
 
-CSV_FIELDS = ("kernel", "problem", "seq_q", "seq_kv", "status", "rel_fro", "median_ms", "p20_ms",
+CSV_FIELDS = ("kernel", "problem", "batch", "heads", "kv_heads", "seq_q", "seq_kv", "head_dim", "dtype",
+              "causal", "window", "status", "rel_fro", "median_ms", "p20_ms",
               "p80_ms", "tflops", "gbps", "peak_MiB", "driver_MiB", "model_MiB")
 
 
@@ -162,40 +227,64 @@ def write_csv(path, points):
                         **p.get("memory", {})})
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.suite:
-        suite = suites.get(args.suite, device.simulator())
-        problems, timed, all_heads = suite.problems, suite.timed, suite.all_heads
-        title = f"suite {suite.name}: {suite.description} — problem per row, on "
-    else:
-        problems = [Problem(args.batch, args.heads, args.kv_heads, n, args.seq_kv, args.dim, args.dtype,
-                            args.causal, tuple(args.window) if args.window else None) for n in args.seq]
-        timed, all_heads = True, False
-        title = f"{problems[0].describe()} (seq swept) on "
+def run_problems(problems, kernels, peer_names, seed, repeat, timed, all_heads) -> list:
+    """Every kernel and peer on every problem, with a progress bar."""
     from rich.progress import Progress
 
     points = []
     with Progress(transient=True) as progress:
-        task = progress.add_task("compare", total=len(problems) * len(args.kernels))
+        task = progress.add_task("compare", total=len(problems) * (len(kernels) + len(peer_names)))
         for problem in problems:
-            for rung in args.kernels:
+            for rung in kernels:
                 progress.update(task, description=f"{rung.name} {problem.describe()}")
-                points.append(run_point(rung, problem, args.seed, args.repeat, timed, all_heads))
+                points.append(run_point(rung, problem, seed, repeat, timed, all_heads))
                 progress.advance(task)
-    prov = device.provenance()
-    print_table(points, title + prov["device"])
-    data = {"provenance": prov, "suite": args.suite, "points": points}
+            for name in peer_names:
+                progress.update(task, description=f"{name} {problem.describe()}")
+                points.append(run_peer_point(name, problem, seed, repeat, all_heads))
+                progress.advance(task)
+    return points
+
+
+def save(points, suite_name, args):
+    data = {"provenance": device.provenance(), "suite": suite_name, "points": points}
     paths = [args.json] if args.json else []
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        stem = os.path.join(args.out, args.suite or "compare")
+        stem = os.path.join(args.out, suite_name or "compare")
         paths.append(stem + ".json")
         write_csv(stem + ".csv", points)
     for path in paths:
         with open(path, "w") as f:
             json.dump(data, f, indent=1, default=str)
-    failed = [p for p in points if p["status"] == "FAIL"]
+    return paths
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    runs = []  # (suite name or None, problems, kernels, peers, timed, all_heads, repeat)
+    if args.suite:
+        for name in (suites.SEED if args.suite == "seed" else (args.suite,)):
+            suite = suites.get(name, device.simulator())
+            kernels = args.kernels or [get(n) for n in (suite.kernels or [r.name for r in LADDER])]
+            peer_names = list(suite.peers) if args.peers is None else args.peers
+            runs.append((suite, suite.problems, kernels, peer_names, suite.timed, suite.all_heads,
+                         suite.repeat or args.repeat))
+    else:
+        problems = [Problem(args.batch, args.heads, args.kv_heads, n, args.seq_kv, args.dim, args.dtype,
+                            args.causal, tuple(args.window) if args.window else None) for n in args.seq]
+        runs.append((None, problems, args.kernels or list(LADDER), args.peers or [], True, False,
+                     args.repeat))
+    failed = 0
+    for suite, problems, kernels, peer_names, timed, all_heads, repeat in runs:
+        points = run_problems(problems, kernels, peer_names, args.seed, repeat, timed, all_heads)
+        where = device.provenance()["device"]
+        title = (f"suite {suite.name}: {suite.description} — on {where}" if suite
+                 else f"{problems[0].describe()} (seq swept) on {where}")
+        print_table(points, title if suite is None else title + " (problem per row)")
+        for path in save(points, suite.name if suite else None, args):
+            print(f"wrote {path}")
+        failed += sum(p["status"] == "FAIL" for p in points)
     return 1 if failed else 0
 
 

@@ -144,6 +144,12 @@ class Problem:
         lse = self.batch * self.heads * self.seq_q * 4
         return q_o + k_v + lse
 
+    def input_bytes(self) -> int:
+        """Q, K and V."""
+        q = self.batch * self.heads * self.seq_q * self.head_dim
+        kv = 2 * self.batch * self.kv_heads * self.seq_kv * self.head_dim
+        return (q + kv) * self.itemsize
+
     def io_bytes(self) -> int:
         """Device memory the call's own arrays occupy: Q, K, V, O and LSE (the floor for peak)."""
         return self.min_bytes()

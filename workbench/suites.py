@@ -7,6 +7,10 @@ the memory model only), so the same command runs anywhere.
   verification only, every head compared with float64 (no timing).
 - `ladder`: the seed page's config (B=8, H=32, D=64), seq 512..8192, float32 and float16, every
   rung: time and peak memory as the sequence grows.
+- `seed-speed`, `seed-memory`, `seed-scaling`, `seed-versions`: the seed page's tables
+  (../shared/seed/flash-attention-benchmarks.md) re-measured on the GPU at hand, our rungs beside the
+  real thing: "Standard" = the naive rung and torch standard attention, "Flash Attn 2" = the flash2
+  rung and SDPA's flash backend, FA3-class = SDPA's cuDNN backend. `seed` runs all four.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ class Suite:
     problems: tuple
     timed: bool  # time and measure memory (GPU) or verify only
     all_heads: bool  # compare every head with float64, whatever the cost
+    kernels: tuple | None = None  # rung names (None: the whole ladder)
+    peers: tuple = ()
+    repeat: int | None = None  # timed runs per point, when the suite wants fewer than --repeat
 
 
 # The simulator's ladder cases: seq 1, 7, 33, 97; (Nq, Nkv) = (13, 29) and (29, 13); causal on and
@@ -63,12 +70,35 @@ GPU_VERIFY = (
 SEED_SEQS = (512, 1024, 2048, 4096, 8192)
 
 
-def _ladder(seqs, batch, heads, dim):
-    return tuple(Problem(batch, heads, heads, n, n, dim, dtype) for dtype in ("float32", "float16")
-                 for n in seqs)
+def _ladder(seqs, batch, heads, dim, dtypes=("float32", "float16")):
+    return tuple(Problem(batch, heads, heads, n, n, dim, dtype) for dtype in dtypes for n in seqs)
+
+
+STANDARD_AND_FLASH = ("torch-standard", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn")
 
 
 def get(name: str, simulator: bool) -> Suite:
+    tiny = _ladder((16, 33), 1, 2, 16)
+    if name == "seed-speed":
+        return Suite(name, "forward time vs seq at B=8 H=32 D=64 (the page's speed tables)",
+                     tiny if simulator else _ladder(SEED_SEQS, 8, 32, 64), True, False,
+                     ("naive", "flash2"), STANDARD_AND_FLASH)
+    if name == "seed-memory":
+        # The page's memory table (B=8 H=32 D=64, to 32K) and its Llama-2-7B rows: one attention
+        # layer at B=1, 32 heads of D=128, float16, 2K..32K. The naive rung is expected to OOM.
+        llama = tuple(Problem(1, 32, 32, n, n, 128, "float16") for n in (2048, 4096, 8192, 16384, 32768))
+        page = _ladder((512, 2048, 8192, 32768), 8, 32, 64, ("float16",))
+        return Suite(name, "peak device memory vs seq (the page's memory tables, Llama-2-7B rows)",
+                     tiny if simulator else page + llama, True, False, ("naive", "flash2"),
+                     ("torch-standard", "sdpa-flash"), repeat=3)
+    if name == "seed-scaling":
+        return Suite(name, "time and memory per token at B=1 H=32 D=64, seq 512..16K",
+                     tiny if simulator else _ladder((*SEED_SEQS, 16384), 1, 32, 64, ("float16",)),
+                     True, False, ("naive", "flash2"), ("torch-standard", "sdpa-flash"))
+    if name == "seed-versions":
+        return Suite(name, "FA1 vs FA2 vs FA3-class at seq 4096, B=8 H=32 D=64",
+                     tiny[:1] if simulator else _ladder((4096,), 8, 32, 64), True, False,
+                     ("flash1", "flash2"), ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn"))
     if name == "verify":
         return Suite("verify", "every rung over odd shapes, masks, GQA, D and dtypes (no timing)",
                      SIM_VERIFY if simulator else GPU_VERIFY, timed=False, all_heads=True)
@@ -79,4 +109,5 @@ def get(name: str, simulator: bool) -> Suite:
     raise ValueError(f"unknown suite {name!r}; choose one of {NAMES}")
 
 
-NAMES = ("verify", "ladder")
+SEED = ("seed-speed", "seed-memory", "seed-scaling", "seed-versions")
+NAMES = ("verify", "ladder", *SEED, "seed")

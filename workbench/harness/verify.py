@@ -17,6 +17,7 @@ Tolerances (per I/O dtype; accumulation is always float32):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -150,6 +151,23 @@ def sample_pairs(problem: Problem, heads: int | None, seed: int):
     return [pairs[0]] + [pairs[i] for i in sorted(middle)] + [pairs[-1]]
 
 
+@functools.lru_cache(maxsize=2)
+def truth(problem: Problem, seed: int, heads: int | None):
+    """Inputs for `seed` and the float64 reference on the sampled pairs (cached: every rung and peer
+    of a sweep point is judged against the same truth, computed once)."""
+    q, k, v = problem.make_inputs(seed)
+    pairs = sample_pairs(problem, heads, seed)
+    ref_o, ref_lse = sampled_reference(problem, q, k, v, pairs)
+    return q, k, v, pairs, ref_o, ref_lse
+
+
+def compare_sampled(report: Report, out, lse, pairs, ref_o, ref_lse) -> Report:
+    """Judge full outputs (B, H, Nq, D) on the sampled (batch, head) pairs."""
+    b_idx, h_idx = (np.array(x) for x in zip(*pairs))
+    return compare(report, np.asarray(out)[b_idx, h_idx][:, None],
+                   None if lse is None else np.asarray(lse)[b_idx, h_idx][:, None], ref_o, ref_lse)
+
+
 def check(kernel, problem: Problem, seed: int = 0, config=None, heads: int | None = None) -> Report:
     """Run `kernel` twice on fresh inputs and judge it against float64 (see the module docstring).
 
@@ -161,9 +179,7 @@ def check(kernel, problem: Problem, seed: int = 0, config=None, heads: int | Non
 
     rung = get(kernel)
     cfg = runner.check_config(rung, problem, config)
-    q, k, v = problem.make_inputs(seed)
-    pairs = sample_pairs(problem, heads, seed)
-    ref_o, ref_lse = sampled_reference(problem, q, k, v, pairs)
+    q, k, v, pairs, ref_o, ref_lse = truth(problem, seed, heads)
     dq, dk, dv = (cuda.to_device(x) for x in (q, k, v))
     outs = []
     report = Report(rung.name, problem, seed)
@@ -181,6 +197,4 @@ def check(kernel, problem: Problem, seed: int = 0, config=None, heads: int | Non
     report.unwritten = int(np.isnan(o1).sum())
     if report.unwritten:
         report.failures.append(f"{report.unwritten} of {o1.size} output elements are NaN (never written?)")
-    b_idx, h_idx = (np.array(x) for x in zip(*pairs))
-    return compare(report, o1[b_idx, h_idx][:, None], l1[b_idx, h_idx][:, None],
-                   ref_o, ref_lse)
+    return compare_sampled(report, o1, l1, pairs, ref_o, ref_lse)
