@@ -69,7 +69,7 @@ def compile_usage(launch, cc=(9, 0)) -> dict:
 def _options(kernel) -> dict:
     """The jit options that change code generation (fastmath, lineinfo, ...), kept when compiling."""
     opts = getattr(kernel, "targetoptions", {}) or {}
-    return {k: opts[k] for k in ("fastmath", "lineinfo", "max_registers") if k in opts}
+    return {k: opts[k] for k in ("fastmath", "lineinfo", "launch_bounds") if k in opts}
 
 
 def rung_usage(rung, problem, config=None) -> list[Usage]:
