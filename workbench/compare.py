@@ -227,8 +227,9 @@ def write_csv(path, points):
                         **p.get("memory", {})})
 
 
-def run_problems(problems, kernels, peer_names, seed, repeat, timed, all_heads) -> list:
-    """Every kernel and peer on every problem, with a progress bar."""
+def run_problems(problems, kernels, peer_names, seed, repeat, timed, all_heads, on_point=None) -> list:
+    """Every kernel and peer on every problem, with a progress bar. `on_point(points)` is called
+    after each point (the CLI saves there, so a sweep cut short keeps what it measured)."""
     from rich.progress import Progress
 
     points = []
@@ -239,15 +240,20 @@ def run_problems(problems, kernels, peer_names, seed, repeat, timed, all_heads) 
                 progress.update(task, description=f"{rung.name} {problem.describe()}")
                 points.append(run_point(rung, problem, seed, repeat, timed, all_heads))
                 progress.advance(task)
+                if on_point:
+                    on_point(points)
             for name in peer_names:
                 progress.update(task, description=f"{name} {problem.describe()}")
                 points.append(run_peer_point(name, problem, seed, repeat, all_heads))
                 progress.advance(task)
+                if on_point:
+                    on_point(points)
     return points
 
 
-def save(points, suite_name, args):
-    data = {"provenance": device.provenance(), "suite": suite_name, "points": points}
+def save(points, suite_name, args, complete=True):
+    data = {"provenance": device.provenance(), "suite": suite_name, "complete": complete,
+            "points": points}
     paths = [args.json] if args.json else []
     if args.out:
         os.makedirs(args.out, exist_ok=True)
@@ -277,12 +283,14 @@ def main(argv=None) -> int:
                      args.repeat))
     failed = 0
     for suite, problems, kernels, peer_names, timed, all_heads, repeat in runs:
-        points = run_problems(problems, kernels, peer_names, args.seed, repeat, timed, all_heads)
+        name = suite.name if suite else None
+        points = run_problems(problems, kernels, peer_names, args.seed, repeat, timed, all_heads,
+                              on_point=lambda pts: save(pts, name, args, complete=False))
         where = device.provenance()["device"]
         title = (f"suite {suite.name}: {suite.description} — on {where}" if suite
                  else f"{problems[0].describe()} (seq swept) on {where}")
         print_table(points, title if suite is None else title + " (problem per row)")
-        for path in save(points, suite.name if suite else None, args):
+        for path in save(points, name, args):
             print(f"wrote {path}")
         failed += sum(p["status"] == "FAIL" for p in points)
     return 1 if failed else 0

@@ -31,7 +31,7 @@ from .common import visible
 
 LESSON = "attention as written: three kernels, the N² score matrix lives in device memory"
 DEFAULT_CONFIG = {"block_xy": 16, "block_rows": 128}  # threads: 16×16 per 2-D block, 128 rows per block
-SIM_CONFIG = {"block_xy": 4, "block_rows": 8}  # the simulator runs each thread as a Python thread
+SIM_CONFIG = {"block_xy": 8, "block_rows": 16}  # the simulator runs each thread as a Python thread
 
 
 @cuda.jit

@@ -41,7 +41,7 @@ from .common import visible
 
 LESSON = "data reuse: the same three kernels, each tile loaded once into shared memory for a whole block"
 DEFAULT_CONFIG = {"tile": 16, "softmax_threads": 128}  # threads: 16×16 per tile block, 128 per row
-SIM_CONFIG = {"tile": 4, "softmax_threads": 8}  # the simulator runs each thread as a Python thread
+SIM_CONFIG = {"tile": 8, "softmax_threads": 8}  # the simulator runs each thread as a Python thread
 
 
 @functools.cache  # one compiled kernel per tile size: shared arrays need compile-time shapes
