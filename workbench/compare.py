@@ -93,6 +93,7 @@ def run_point(rung, problem: Problem, seed: int, repeat: int, timed: bool = True
         report = verify.check(rung, problem, seed=seed, config=cfg, heads=heads)
         point.update(status="pass" if report.passed else "FAIL", verify=report.as_dict(),
                      verified_heads="all" if heads is None else heads)
+        _release()
         if device.simulator() or not timed:
             point["memory"] = {"model_MiB": memory.model_bytes(rung, problem, cfg) / 2**20}
             return point
@@ -161,13 +162,8 @@ def _measure(rung, problem, cfg, seed, repeat) -> dict:
 def _release():
     """Free what the last point left (Numba defers frees, torch and CuPy cache), so the next point
     starts clean."""
-    import gc
-
-    gc.collect()
+    runner.release_memory()
     if not device.simulator():
-        from numba import cuda
-
-        cuda.current_context().deallocations.clear()
         if "torch" in sys.modules:
             sys.modules["torch"].cuda.empty_cache()
         if "cupy" in sys.modules:

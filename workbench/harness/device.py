@@ -203,8 +203,10 @@ def provenance() -> dict:
     info["device"] = facts().name
     try:
         info["cuda_driver_api"] = ".".join(map(str, cuda.cudadrv.driver.driver.get_version()))
-        with open("/proc/driver/nvidia/version") as f:
-            info["driver"] = f.readline().split("Kernel Module")[-1].split()[0]
+        import re
+
+        with open("/proc/driver/nvidia/version") as f:  # "NVRM version: ... Kernel Module ... 580.159.04 ..."
+            info["driver"] = re.search(r"\b(\d+\.\d+(?:\.\d+)?)\b", f.readline())[1]
     except Exception:
         info.setdefault("driver", "unknown")
     for mod in ("torch", "cupy"):

@@ -221,3 +221,14 @@ def run(rung, problem, config: dict, q, k, v, o, lse, pool: Pool | None = None) 
     gpu = Launcher(live=True, pool=pool)
     rung.module.launch(problem, config, q, k, v, o, lse, gpu)
     return gpu
+
+
+def release_memory():
+    """Return freed device arrays to the driver now (Numba defers frees until it has several)."""
+    import gc
+
+    gc.collect()
+    if not device.simulator():
+        from numba import cuda
+
+        cuda.current_context().deallocations.clear()
