@@ -40,7 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=d["batch"])
     p.add_argument("--heads", type=int, default=d["heads"])
     p.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: --heads)")
-    p.add_argument("--seq", type=int, nargs="+", default=d["seq"], help="query lengths to sweep")
+    p.add_argument("--seq", type=int, nargs="+", default=None,
+                   help=f"query lengths to sweep (default {d['seq']}; with --suite: keep only these)")
     p.add_argument("--seq-kv", type=int, default=None, help="key/value length (default: = seq)")
     p.add_argument("--dim", type=int, default=d["dim"], help="head dim D")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
@@ -56,6 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, metavar="DIR", help="write DIR/<suite>.json and .csv")
     p.add_argument("--json", default=None, metavar="PATH", help="write every point and provenance here")
     args = p.parse_args(argv)
+    args.seq_filter = args.seq
+    if args.seq is None:
+        args.seq = d["seq"]
     if args.kernels is not None:
         args.kernels = [get(name.strip()) for name in args.kernels.split(",") if name.strip()]
     if args.peers is not None:
@@ -149,8 +153,8 @@ def _measure(rung, problem, cfg, seed, repeat) -> dict:
     dq, dk, dv = (cuda.to_device(x) for x in (q, k, v))
     do = cuda.device_array(problem.q_shape, problem.dtype)
     dlse = cuda.device_array(problem.lse_shape, np.float32)
-    pool = runner.Pool()
-    first = runner.run(rung, problem, cfg, dq, dk, dv, do, dlse)  # fresh allocations: measured
+    pool = runner.Pool()  # the first call allocates its scratch (measured); timed calls reuse it
+    first = runner.run(rung, problem, cfg, dq, dk, dv, do, dlse, pool=pool)
     cuda.synchronize()
     mem = memory.account(rung, problem, cfg, first)
     t = timing.time_call(lambda: runner.run(rung, problem, cfg, dq, dk, dv, do, dlse, pool=pool),
@@ -262,7 +266,35 @@ def save(points, suite_name, args, complete=True):
     return paths
 
 
+def merge(base_path, update_path, out_path):
+    """Replace base's points by update's where (kernel, problem) match, add the rest; both runs'
+    provenance is kept ("updates"), no number is touched."""
+    with open(base_path) as f:
+        base = json.load(f)
+    with open(update_path) as f:
+        update = json.load(f)
+    key = lambda p: (p["kernel"], p["problem"])  # noqa: E731
+    new = {key(p): p for p in update["points"]}
+    replaced = [p for p in base["points"] if key(p) in new]
+    base["points"] = [new.pop(key(p), p) for p in base["points"]] + list(new.values())
+    base.setdefault("updates", []).append({"provenance": update["provenance"],
+                                           "points": [list(key(p)) for p in update["points"]],
+                                           "replaced": len(replaced)})
+    with open(out_path, "w") as f:
+        json.dump(base, f, indent=1, default=str)
+    write_csv(os.path.splitext(out_path)[0] + ".csv", base["points"])
+    return base
+
+
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "merge":
+        if len(argv) != 4:
+            print("usage: python -m workbench.compare merge BASE.json UPDATE.json OUT.json", file=sys.stderr)
+            return 2
+        merge(*argv[1:])
+        return 0
     args = parse_args(argv)
     runs = []  # (suite name or None, problems, kernels, peers, timed, all_heads, repeat)
     if args.suite:
@@ -270,7 +302,8 @@ def main(argv=None) -> int:
             suite = suites.get(name, device.simulator())
             kernels = args.kernels or [get(n) for n in (suite.kernels or [r.name for r in LADDER])]
             peer_names = list(suite.peers) if args.peers is None else args.peers
-            runs.append((suite, suite.problems, kernels, peer_names, suite.timed, suite.all_heads,
+            problems = [p for p in suite.problems if not args.seq_filter or p.seq_q in args.seq_filter]
+            runs.append((suite, problems, kernels, peer_names, suite.timed, suite.all_heads,
                          suite.repeat or args.repeat))
     else:
         problems = [Problem(args.batch, args.heads, args.kv_heads, n, args.seq_kv, args.dim, args.dtype,
