@@ -20,6 +20,9 @@ import numpy as np
 from .problem import Problem
 
 
+ROW_CHUNK_ELEMENTS = 1 << 26  # 512 MiB of float64 scores at a time, whatever the sequence length
+
+
 def _problem_of(q, k, v, causal, window, scale) -> Problem:
     b, h, nq, d = q.shape
     return Problem(b, h, k.shape[1], nq, k.shape[2], d, "float32", causal, window, scale)
@@ -40,17 +43,20 @@ def attention(q, k, v, *, causal=False, window=None, scale=None):
     o = np.zeros(q.shape, np.float64)
     lse = np.full(p.lse_shape, -np.inf, np.float64)
     seen = mask.any(axis=1)
+    rows = max(1, ROW_CHUNK_ELEMENTS // p.seq_kv)  # query rows per chunk: bounds the float64 S
     for b in range(p.batch):
         for h in range(p.heads):
             hk = h // p.group
-            s = p.scale * (q[b, h] @ k[b, hk].T)
-            s = np.where(mask, s, -np.inf)
-            m = np.where(seen, s.max(axis=1), 0.0)
-            e = np.exp(s - m[:, None])  # exp(-inf) = 0 for masked pairs
-            l = e.sum(axis=1)
-            l_safe = np.where(seen, l, 1.0)
-            o[b, h] = (e / l_safe[:, None]) @ v[b, hk]
-            lse[b, h] = np.where(seen, m + np.log(l_safe), -np.inf)
+            for r in range(0, p.seq_q, rows):
+                sl = slice(r, r + rows)
+                s = p.scale * (q[b, h, sl] @ k[b, hk].T)
+                s = np.where(mask[sl], s, -np.inf)
+                m = np.where(seen[sl], s.max(axis=1), 0.0)
+                e = np.exp(s - m[:, None])  # exp(-inf) = 0 for masked pairs
+                l = e.sum(axis=1)
+                l_safe = np.where(seen[sl], l, 1.0)
+                o[b, h, sl] = (e / l_safe[:, None]) @ v[b, hk]
+                lse[b, h, sl] = np.where(seen[sl], m + np.log(l_safe), -np.inf)
     return o, lse
 
 
