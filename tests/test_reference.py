@@ -106,3 +106,13 @@ def test_make_inputs_are_fresh_random_per_seed():
 def test_problem_rejects_bad_fields(kwargs, error):
     with pytest.raises(error):
         Problem(**kwargs)
+
+
+def test_reference_in_row_chunks_matches_whole(monkeypatch):
+    p = Problem(1, 2, 1, 300, 200, 8, causal=True, window=(50, -1))
+    q, k, v = p.make_inputs(1)
+    whole = reference.attention(q, k, v, causal=True, window=(50, -1))
+    monkeypatch.setattr(reference, "ROW_CHUNK_ELEMENTS", 1000)  # 5 rows per chunk
+    chunked = reference.attention(q, k, v, causal=True, window=(50, -1))
+    np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-13, atol=1e-15)
+    np.testing.assert_array_equal(chunked[1], whole[1])
