@@ -41,3 +41,19 @@ def test_compare_rejects_unknown_kernel():
     proc = subprocess.run([sys.executable, "-m", "workbench.compare", "--kernels", "nope"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "unknown kernel 'nope'" in proc.stderr
+
+
+def test_suite_output_puts_the_pages_claims_beside_measurements(monkeypatch, capsys):
+    path = os.path.join(os.path.dirname(__file__), "..", "figures", "h100", "seed-versions.json")
+    if not os.path.exists(path):
+        import pytest
+
+        pytest.skip("no H100 data")
+    with open(path) as f:
+        points = json.load(f)["points"]
+    monkeypatch.setattr(compare.device, "provenance", lambda: {"device": "NVIDIA H100 80GB HBM3"})
+    compare.print_claims(points, "seed-versions")
+    out = capsys.readouterr().out
+    flash = next(p for p in points if p["kernel"] == "sdpa-flash" and p["dtype"] == "float16")
+    ratio = flash["timing"]["median_ms"] / 12.5  # the page's FA2 forward time at 4096
+    assert "12.5 ms" in out and f"{ratio:.2f}×" in out

@@ -253,6 +253,27 @@ def run_problems(problems, kernels, peer_names, seed, repeat, timed, all_heads, 
     return points
 
 
+def print_claims(points, suite_name):
+    """The seed page's claims for this suite beside what was measured, with the ratio."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import seed
+
+    gpu = device.slug(device.provenance()["device"]).upper()
+    claims = seed.claims_for(suite_name, gpu=gpu if gpu in ("H100", "A100", "A10G") else None)
+    rows = [(c, k, dt, v, r) for c in claims for (k, dt, v, r) in seed.beside(c, points) if v is not None]
+    if not rows:
+        return
+    table = Table(title=f"the page's claims beside our measurements — suite {suite_name}")
+    for col in ("seq", "page says", "claimed", "kernel", "dtype", "measured", "measured ÷ claimed"):
+        table.add_column(col, justify="left" if col in ("page says", "kernel", "dtype") else "right")
+    for c, k, dt, v, r in rows:
+        table.add_row(str(c.seq), f"{c.what} ({c.table})", f"{c.value:g} {c.unit}", k, dt or "",
+                      f"{v:.4g}", "" if r is None else f"{r:.2f}×")
+    Console(width=None if sys.stdout.isatty() else 150).print(table)
+
+
 def save(points, suite_name, args, complete=True):
     data = {"provenance": device.provenance(), "suite": suite_name, "complete": complete,
             "points": points}
@@ -321,6 +342,8 @@ def main(argv=None) -> int:
         title = (f"suite {suite.name}: {suite.description} — on {where}" if suite
                  else f"{problems[0].describe()} (seq swept) on {where}")
         print_table(points, title if suite is None else title + " (problem per row)")
+        if suite is not None:
+            print_claims(points, suite.name)
         for path in save(points, name, args):
             print(f"wrote {path}")
         failed += sum(p["status"] == "FAIL" for p in points)
