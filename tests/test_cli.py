@@ -57,3 +57,22 @@ def test_suite_output_puts_the_pages_claims_beside_measurements(monkeypatch, cap
     flash = next(p for p in points if p["kernel"] == "sdpa-flash" and p["dtype"] == "float16")
     ratio = flash["timing"]["median_ms"] / 12.5  # the page's FA2 forward time at 4096
     assert "12.5 ms" in out and f"{ratio:.2f}×" in out
+
+
+def test_an_out_of_memory_is_recorded_and_the_sweep_goes_on(monkeypatch):
+    from workbench import Problem
+    from workbench.kernels import get
+
+    real = verify.check
+
+    def oom_at_33(kernel, problem, **kwargs):
+        if problem.seq_q == 33:
+            raise RuntimeError("[2] Call to cuMemAlloc results in CUDA_ERROR_OUT_OF_MEMORY")
+        return real(kernel, problem, **kwargs)
+
+    monkeypatch.setattr(verify, "check", oom_at_33)
+    problems = [Problem(1, 1, 1, n, n, 8) for n in (9, 33, 5)]
+    points = compare.run_problems(problems, [get("naive")], [], seed=0, repeat=3, timed=True,
+                                  all_heads=False)
+    assert [p["status"] for p in points] == ["pass", "OOM", "pass"]
+    assert "OUT_OF_MEMORY" in points[1]["reason"] and points[1]["memory"]["model_MiB"] > 0
