@@ -305,9 +305,10 @@ def table(key: str) -> Table:
 # Arithmetic helpers (public: the tests and the findings use them)
 # --------------------------------------------------------------------------------------------------
 def attention_flops(batch, heads, seq, head_dim, causal=False) -> float:
-    """Forward FLOPs: 2·N²·D for QKᵀ plus 2·N²·D for PV, per head (as Problem.flops, non-causal)."""
-    f = 4.0 * batch * heads * seq * seq * head_dim
-    return f / 2 if causal else f
+    """Forward FLOPs of the page's shape, counted by Problem.flops (4·D per visible pair)."""
+    from .problem import Problem
+
+    return float(Problem(batch, heads, heads, seq, seq, head_dim, causal=causal).flops())
 
 
 def tflops(flops, ms) -> float:
