@@ -181,8 +181,10 @@ def plan(rung, problem, config: dict) -> list[Launch]:
     return gpu.launches
 
 
-def check_config(rung, problem, config=None) -> dict:
-    """Merge and check a config against the problem and the device; ValueError before any launch."""
+def check_config(rung, problem, config=None, planner=None) -> dict:
+    """Merge and check a config against the problem and the device; ValueError before any launch.
+    `planner(rung, problem, config)` lists the launches (default `plan`, the forward signature;
+    the backward and decode rungs pass their own)."""
     cfg = merged_config(rung, config)
     needs: Needs = rung.module.needs(problem, cfg)
     facts = device.facts()
@@ -199,7 +201,7 @@ def check_config(rung, problem, config=None) -> dict:
             f"{where} needs {needs.shared_bytes} bytes of shared memory per block, over the "
             f"{facts.max_shared_per_block}-byte static limit of {facts.name}: use smaller tiles"
         )
-    for launch in plan(rung, problem, cfg):
+    for launch in (planner or plan)(rung, problem, cfg):
         if launch.threads > facts.max_threads_per_block or launch.block[0] > 1024:
             raise ValueError(
                 f"{where}: {launch.name} would launch {launch.block} = {launch.threads} threads per "
