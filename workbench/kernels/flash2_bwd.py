@@ -1,0 +1,434 @@
+"""Backward of flash2 — FlashAttention-2's backward pass (Dao 2023, Algorithm 2 of FA2).
+
+Training needs dQ, dK, dV for an upstream gradient dO. Written out (reference.attention_backward):
+
+    P  = exp(S − LSE)            S = scale · Q Kᵀ, LSE saved by the forward (no softmax to redo)
+    dV = Pᵀ dO                   dP = dO Vᵀ
+    D  = rowsum(dO ∘ O)          (= rowsum(P ∘ dP): one number per query row)
+    dS = P ∘ (dP − D)
+    dQ = scale · dS K            dK = scale · dSᵀ Q
+
+Standard attention keeps P (N²) from the forward; FlashAttention keeps only O and LSE (N) and
+recomputes each tile of S, hence of P, on chip. The forward's LSE is what makes that cheap: P is
+exp(S − LSE) directly, with no running max, no running sum and no rescaling.
+
+Three kernels:
+
+1. `bwd_prep`, the paper's preprocessing: D = rowsum(dO ∘ O) per query row (a warp per row), and
+   LSE in base 2, with −inf (a row that sees no key) turned into +inf so that every P of that row
+   is 2^(S − ∞) = 0 with no test. Workspace: two float32 numbers per query row.
+2. `bwd_dkdv`, Algorithm 2's main loop: a CTA owns one K/V block (Bc keys of one key/value head)
+   and keeps K_j, V_j in shared memory and dK_j, dV_j in registers, while it streams the query
+   blocks Q_i, dO_i (Br rows) that see any of its keys:
+       Sᵀ = K_j Q_iᵀ,  dPᵀ = V_j dO_iᵀ                (Bc × Br, one pass over D for both)
+       P = 2^(S·scale·log2e − LSE₂),  dS = P ∘ (dP − D)     (to shared memory)
+       dV_j += Pᵀ dO_i,   dK_j += dSᵀ Q_i              (Bc × D each, in registers)
+   GQA: the CTA also loops over the query heads of its key/value head's group, so dK, dV come out
+   summed over the group in registers — no atomics, no reduction kernel, one write per element.
+3. `bwd_dq`: a CTA owns one query block (like the forward), recomputes S and dP for each K/V tile
+   and accumulates dQ_i += dS K_j in registers.
+
+The choice for dQ. The paper's Algorithm 2 adds each CTA's dS K_j into dQ in device memory with
+atomic adds from every K/V block. We recompute instead: the dQ kernel redoes the two matmuls
+S = Q Kᵀ and dP = dO Vᵀ (7 matmuls in all instead of 5, so about 1.4× the backward's arithmetic),
+and in exchange there is no float32 dQ workspace, no cast kernel, and no atomics. Float atomics
+add in whatever order the CTAs arrive, so dQ would differ in its last bits from run to run; here
+every output element is written once by one thread in a fixed order, and two launches agree bit
+for bit (the harness checks it, as for the forward rungs). Triton's fused-attention tutorial and
+FlashAttention-2's Triton backward split dK/dV and dQ the same way.
+
+Masks, skipping and layout as in flash2. The dK/dV CTA of keys j0 … j_last needs only query rows
+i with i + shift − left ≤ j_last and i + shift + right ≥ j0, so under causal it visits about half
+of the query blocks, and under a window (w, 0) about (Bc + w) / Br + 1 of them. Tiles inside the
+mask evaluate no mask. The thread (tr, tc) of a TR × TC grid owns an RM × RN micro-tile of Sᵀ
+and dPᵀ (key rows tr + TR·a, query columns tc + TC·b) in the first phase; in the second it owns
+AM rows × DT columns of dK_j and dV_j (rows ta + TA·a, columns td + TD·x with TD = min(32, D,
+threads)), so a warp's loads of a dO or Q row are consecutive words. Shared rows are padded by
+one float, so threads reading the same column of different rows hit different banks.
+
+Tiles are config keys: Br query rows, Bc keys, RM × RN the micro-tile. Both Br and Bc are capped at
+2048 // D so that Q_i, dO_i, K_j, V_j and the P/dS tiles fit 48 KiB of static shared memory at every
+supported head dim: 32 × 32 at D = 64 (256 threads), 16 × 16 at D = 128 (64 threads).
+Float16 I/O is converted to float32 on load; all arithmetic and accumulation is float32.
+"""
+
+import functools
+import math
+
+import numpy as np
+from numba import config as numba_config
+from numba import cuda, float32
+
+from .common import first_key, last_key, visible
+
+LESSON = ("FA2 backward: recompute P from the saved LSE; a CTA owns a K/V block and accumulates "
+          "dK, dV on chip; dQ by a second pass (no atomics, deterministic)")
+DEFAULT_CONFIG = {"Br": 32, "Bc": 32, "RM": 2, "RN": 2}
+SIM_CONFIG = {"Br": 8, "Bc": 8, "RM": 2, "RN": 2}
+HEAD_DIMS = (16, 32, 64, 128)
+TILE_ELEMS = 2048  # Br·D and Bc·D at most: keeps the four tiles in 48 KiB at D = 128
+PREP_ROWS = 8  # query rows per CTA of the preprocessing kernel (a warp each)
+WARPS_PER_SM = 16  # the occupancy launch_bounds sizes registers for (2 CTAs at D = 64, 5 at 128)
+SM_SHARED, CTA_RESERVED = 228 * 1024, 1024
+
+FASTMATH = {"afn", "arcp", "contract"}  # as flash2: approximate exp2, but infinities allowed
+INF = float32(math.inf)
+NEG_INF = float32(-math.inf)
+LOG2E = np.float32(math.log2(math.e))
+
+
+def tiles(problem, config):
+    """(Br, Bc, RM, RN) for this problem: Br and Bc capped at 2048 // D."""
+    cap = max(config["RM"], config["RN"], TILE_ELEMS // problem.head_dim)
+    return min(config["Br"], cap), min(config["Bc"], cap), config["RM"], config["RN"]
+
+
+def layout(rows, cols, RM, RN, D):
+    """Thread grid of a kernel whose first phase is a rows × cols tile (RM × RN per thread) and
+    whose second accumulates a rows × D tile: (TR, TC, THREADS, TD, TA, AM, DT)."""
+    TR, TC = rows // RM, cols // RN
+    threads = TR * TC
+    TD = min(32, D, threads)
+    TA = threads // TD
+    return TR, TC, threads, TD, TA, max(1, rows // TA), D // TD
+
+
+def shared_bytes(Br, Bc, D):
+    """The larger of the two main kernels: four (rows × (D + 1)) tiles and the P / dS tiles."""
+    tiles_ = 2 * (Br + Bc) * (D + 1)
+    dkdv = tiles_ + 2 * Bc * (Br + 1) + 2 * Br
+    dq = tiles_ + Br * (Bc + 1)
+    return 4 * max(dkdv, dq)
+
+
+def min_blocks(threads, smem, warps_per_sm=WARPS_PER_SM):
+    """CTAs per SM the register budget is sized for (launch_bounds' second number): what shared
+    memory admits (228 KiB per SM, 1 KiB reserved per CTA), but no more than warps_per_sm warps."""
+    return max(1, min(warps_per_sm * 32 // threads, SM_SHARED // (smem + CTA_RESERVED)))
+
+
+def _loader(ROWS, D, THREADS):
+    """A device function copying ROWS × D of one head into shared memory as float32, zeros for
+    rows past n; consecutive threads take consecutive d (coalesced reads)."""
+    TOTAL = ROWS * D
+
+    @cuda.jit(device=True, inline="always")
+    def load(src, b, h, row0, n, tile):
+        for idx in range(cuda.threadIdx.x, TOTAL, THREADS):
+            r = idx // D
+            d = idx - r * D
+            x = float32(0)
+            if row0 + r < n:
+                x = float32(src[b, h, np.uint64(row0 + r), np.uint64(d)])
+            tile[r, d] = x
+
+    return load
+
+
+@functools.cache
+def build_prep(D):
+    """D = rowsum(dO ∘ O) and LSE₂ = LSE·log2(e) (−inf → +inf): a warp per query row."""
+
+    @cuda.jit(fastmath=FASTMATH)
+    def bwd_prep(o, do, lse, lse2, delta):
+        red = cuda.shared.array((PREP_ROWS, 33), float32)
+        t = cuda.threadIdx.x
+        lane = t % 32
+        rr = t // 32
+        heads = o.shape[1]
+        b = cuda.blockIdx.y // heads
+        h = cuda.blockIdx.y - b * heads
+        i = cuda.blockIdx.x * PREP_ROWS + rr
+        n_q = o.shape[2]
+        acc = float32(0)
+        if i < n_q:
+            for d in range(lane, D, 32):
+                acc += float32(do[b, h, i, d]) * float32(o[b, h, i, d])
+        red[rr, lane] = acc
+        cuda.syncthreads()
+        if lane == 0 and i < n_q:
+            total = float32(0)
+            for w in range(32):
+                total += red[rr, w]
+            delta[b, h, i] = total
+            x = lse[b, h, i]
+            lse2[b, h, i] = x * LOG2E if x != NEG_INF else INF
+
+    return bwd_prep
+
+
+@functools.cache
+def build_dkdv(Br, Bc, D, RM, RN):
+    """CTA (j, b·Hkv + hk): dK_j, dV_j of Bc keys, summed over the group's query heads."""
+    TR, TC, THREADS, TD, TA, AM, DT = layout(Bc, Br, RM, RN, D)
+    DP, BP = D + 1, Br + 1
+    load_q = _loader(Br, D, THREADS)
+    load_kv = _loader(Bc, D, THREADS)
+    options = {} if numba_config.ENABLE_CUDASIM else {
+        "launch_bounds": (THREADS, min_blocks(THREADS, shared_bytes(Br, Bc, D)))}
+
+    @cuda.jit(fastmath=FASTMATH, **options)
+    def bwd_dkdv(q, k, v, do, lse2, delta, dk, dv, scale_log2, scale, group, left, right):
+        k_j = cuda.shared.array((Bc, DP), float32)
+        v_j = cuda.shared.array((Bc, DP), float32)
+        q_i = cuda.shared.array((Br, DP), float32)
+        do_i = cuda.shared.array((Br, DP), float32)
+        p_s = cuda.shared.array((Bc, BP), float32)  # Pᵀ tile (keys × query rows)
+        ds_s = cuda.shared.array((Bc, BP), float32)  # dSᵀ tile
+        l_s = cuda.shared.array(Br, float32)  # LSE₂ of the block's rows (+inf past Nq)
+        d_s = cuda.shared.array(Br, float32)  # D of the block's rows
+        st = cuda.local.array((RM, RN), float32)
+        dpt = cuda.local.array((RM, RN), float32)
+        kf = cuda.local.array(RM, float32)
+        vf = cuda.local.array(RM, float32)
+        qf = cuda.local.array(RN, float32)
+        of = cuda.local.array(RN, float32)
+        acc_k = cuda.local.array((AM, DT), float32)
+        acc_v = cuda.local.array((AM, DT), float32)
+        q_row = cuda.local.array(DT, float32)
+        do_row = cuda.local.array(DT, float32)
+
+        t = cuda.threadIdx.x
+        tr = t // TC
+        tc = t - tr * TC
+        ta = t // TD
+        td = t - ta * TD
+        kv_heads = k.shape[1]
+        b = cuda.blockIdx.y // kv_heads
+        hk = cuda.blockIdx.y - b * kv_heads
+        n_q = q.shape[2]
+        n_kv = k.shape[2]
+        shift = n_kv - n_q
+        j0 = cuda.blockIdx.x * Bc
+        j_last = min(j0 + Bc, n_kv) - 1
+        # Query rows that see at least one key of this block.
+        i_lo = max(j0 - shift - right, 0)
+        i_hi = min(j_last - shift + left + 1, n_q)
+
+        for a in range(AM):
+            for x in range(DT):
+                acc_k[a, x] = float32(0)
+                acc_v[a, x] = float32(0)
+        load_kv(k, b, hk, j0, n_kv, k_j)
+        load_kv(v, b, hk, j0, n_kv, v_j)
+
+        ib_end = (i_hi + Br - 1) // Br if i_hi > i_lo else 0
+        for g in range(group):
+            h = hk * group + g
+            for ib in range(i_lo // Br, ib_end):
+                i0 = ib * Br
+                cuda.syncthreads()  # everyone is done with the previous Q_i, dO_i, P, dS
+                load_q(q, b, h, i0, n_q, q_i)
+                load_q(do, b, h, i0, n_q, do_i)
+                for r in range(t, Br, THREADS):
+                    inside = i0 + r < n_q
+                    l_s[r] = lse2[b, h, i0 + r] if inside else INF
+                    d_s[r] = delta[b, h, i0 + r] if inside else float32(0)
+                cuda.syncthreads()  # the tiles are in shared memory
+
+                # Sᵀ = K_j Q_iᵀ and dPᵀ = V_j dO_iᵀ on my RM × RN micro-tile, one pass over D.
+                for a in range(RM):
+                    for c in range(RN):
+                        st[a, c] = float32(0)
+                        dpt[a, c] = float32(0)
+                for d in range(D):
+                    for a in range(RM):
+                        kf[a] = k_j[tr + TR * a, d]
+                        vf[a] = v_j[tr + TR * a, d]
+                    for c in range(RN):
+                        qf[c] = q_i[tc + TC * c, d]
+                        of[c] = do_i[tc + TC * c, d]
+                    for a in range(RM):
+                        for c in range(RN):
+                            st[a, c] += kf[a] * qf[c]
+                            dpt[a, c] += vf[a] * of[c]
+
+                # P = 2^(S·scale·log2e − LSE₂), dS = P ∘ (dP − D); the mask only on edge tiles.
+                edge = not (i0 + Br <= n_q and j0 + Bc <= n_kv
+                            and first_key(i0 + Br - 1, shift, left) <= j0
+                            and j0 + Bc - 1 <= last_key(i0, shift, right))
+                for a in range(RM):
+                    key = tr + TR * a
+                    for c in range(RN):
+                        row = tc + TC * c
+                        p = math.exp2(st[a, c] * scale_log2 - l_s[row])
+                        if edge:
+                            if (i0 + row >= n_q or j0 + key >= n_kv
+                                    or not visible(i0 + row, j0 + key, shift, left, right)):
+                                p = float32(0)
+                        p_s[key, row] = p
+                        ds_s[key, row] = p * (dpt[a, c] - d_s[row])
+                cuda.syncthreads()  # P and dS are in shared memory
+
+                # dV_j += Pᵀ dO_i and dK_j += dSᵀ Q_i on my AM × DT micro-tile.
+                for r in range(Br):
+                    for x in range(DT):
+                        do_row[x] = do_i[r, td + TD * x]
+                        q_row[x] = q_i[r, td + TD * x]
+                    for a in range(AM):
+                        pa = p_s[ta + TA * a, r]
+                        dsa = ds_s[ta + TA * a, r]
+                        for x in range(DT):
+                            acc_v[a, x] += pa * do_row[x]
+                            acc_k[a, x] += dsa * q_row[x]
+
+        for a in range(AM):
+            key = j0 + ta + TA * a
+            if key < n_kv:
+                for x in range(DT):
+                    d = np.uint64(td + TD * x)
+                    dk[b, hk, np.uint64(key), d] = acc_k[a, x] * scale
+                    dv[b, hk, np.uint64(key), d] = acc_v[a, x]
+
+    return bwd_dkdv
+
+
+@functools.cache
+def build_dq(Br, Bc, D, RM, RN):
+    """CTA (x, b·H + h): dQ_i of Br query rows, i = Tr − 1 − x (heaviest first, as flash2)."""
+    TR, TC, THREADS, TD, TA, AM, DT = layout(Br, Bc, RM, RN, D)
+    DP, BP = D + 1, Bc + 1
+    load_q = _loader(Br, D, THREADS)
+    load_kv = _loader(Bc, D, THREADS)
+    options = {} if numba_config.ENABLE_CUDASIM else {
+        "launch_bounds": (THREADS, min_blocks(THREADS, shared_bytes(Br, Bc, D)))}
+
+    @cuda.jit(fastmath=FASTMATH, **options)
+    def bwd_dq(q, k, v, do, lse2, delta, dq, scale_log2, scale, group, left, right):
+        q_i = cuda.shared.array((Br, DP), float32)
+        do_i = cuda.shared.array((Br, DP), float32)
+        k_j = cuda.shared.array((Bc, DP), float32)
+        v_j = cuda.shared.array((Bc, DP), float32)
+        ds_s = cuda.shared.array((Br, BP), float32)  # dS tile (query rows × keys)
+        s = cuda.local.array((RM, RN), float32)
+        dp = cuda.local.array((RM, RN), float32)
+        lrow = cuda.local.array(RM, float32)
+        drow = cuda.local.array(RM, float32)
+        qf = cuda.local.array(RM, float32)
+        of = cuda.local.array(RM, float32)
+        kf = cuda.local.array(RN, float32)
+        vf = cuda.local.array(RN, float32)
+        acc = cuda.local.array((AM, DT), float32)
+        k_row = cuda.local.array(DT, float32)
+
+        t = cuda.threadIdx.x
+        tr = t // TC
+        tc = t - tr * TC
+        ta = t // TD
+        td = t - ta * TD
+        heads = q.shape[1]
+        b = cuda.blockIdx.y // heads
+        h = cuda.blockIdx.y - b * heads
+        hk = h // group
+        n_q = q.shape[2]
+        n_kv = k.shape[2]
+        shift = n_kv - n_q
+        i0 = (cuda.gridDim.x - 1 - cuda.blockIdx.x) * Br
+        key_lo = max(first_key(i0, shift, left), 0)
+        i_last = min(i0 + Br, n_q) - 1
+        key_hi = min(last_key(i_last, shift, right) + 1, n_kv)
+        j_start = key_lo // Bc
+        j_end = (key_hi + Bc - 1) // Bc if key_hi > key_lo else j_start
+
+        for a in range(AM):
+            for x in range(DT):
+                acc[a, x] = float32(0)
+        for a in range(RM):
+            row = i0 + tr + TR * a
+            lrow[a] = lse2[b, h, row] if row < n_q else INF
+            drow[a] = delta[b, h, row] if row < n_q else float32(0)
+        load_q(q, b, h, i0, n_q, q_i)
+        load_q(do, b, h, i0, n_q, do_i)
+
+        for j in range(j_start, j_end):
+            j0 = j * Bc
+            cuda.syncthreads()  # everyone is done with K_{j-1}, dS_{j-1}
+            load_kv(k, b, hk, j0, n_kv, k_j)
+            load_kv(v, b, hk, j0, n_kv, v_j)
+            cuda.syncthreads()
+
+            for a in range(RM):
+                for c in range(RN):
+                    s[a, c] = float32(0)
+                    dp[a, c] = float32(0)
+            for d in range(D):
+                for a in range(RM):
+                    qf[a] = q_i[tr + TR * a, d]
+                    of[a] = do_i[tr + TR * a, d]
+                for c in range(RN):
+                    kf[c] = k_j[tc + TC * c, d]
+                    vf[c] = v_j[tc + TC * c, d]
+                for a in range(RM):
+                    for c in range(RN):
+                        s[a, c] += qf[a] * kf[c]
+                        dp[a, c] += of[a] * vf[c]
+
+            edge = not (i0 + Br <= n_q and j0 + Bc <= n_kv
+                        and first_key(i0 + Br - 1, shift, left) <= j0
+                        and j0 + Bc - 1 <= last_key(i0, shift, right))
+            for a in range(RM):
+                row = tr + TR * a
+                for c in range(RN):
+                    key = tc + TC * c
+                    p = math.exp2(s[a, c] * scale_log2 - lrow[a])
+                    if edge:
+                        if (i0 + row >= n_q or j0 + key >= n_kv
+                                or not visible(i0 + row, j0 + key, shift, left, right)):
+                            p = float32(0)
+                    ds_s[row, key] = p * (dp[a, c] - drow[a])
+            cuda.syncthreads()  # dS is in shared memory
+
+            # dQ_i += dS K_j on my AM × DT micro-tile.
+            for c in range(Bc):
+                for x in range(DT):
+                    k_row[x] = k_j[c, td + TD * x]
+                for a in range(AM):
+                    dsa = ds_s[ta + TA * a, c]
+                    for x in range(DT):
+                        acc[a, x] += dsa * k_row[x]
+
+        for a in range(AM):
+            row = i0 + ta + TA * a
+            if row < n_q:
+                for x in range(DT):
+                    dq[b, h, np.uint64(row), np.uint64(td + TD * x)] = acc[a, x] * scale
+
+    return bwd_dq
+
+
+def needs(problem, config):
+    from ..harness.runner import Needs
+
+    Br, Bc, RM, RN = tiles(problem, config)
+    D = problem.head_dim
+    rules = {"RM divides Br and Bc (after the cap at 2048 // D)": Br % RM == 0 and Bc % RM == 0,
+             "RN divides Br and Bc": Br % RN == 0 and Bc % RN == 0}
+    for name, rows, cols in (("dK/dV", Bc, Br), ("dQ", Br, Bc)):
+        if rows % RM or cols % RN:
+            continue
+        TR, TC, threads, TD, TA, AM, DT = layout(rows, cols, RM, RN, D)
+        rules[f"{name}: threads / min(32, D, threads) divides its {rows} rows"] = rows % TA == 0
+    return Needs(shared_bytes=shared_bytes(Br, Bc, D), head_dims=HEAD_DIMS, rules=rules)
+
+
+def workspace_bytes(problem, config):
+    """LSE₂ and D: two float32 numbers per query row (dQ needs no workspace: no atomics)."""
+    return 2 * 4 * problem.batch * problem.heads * problem.seq_q
+
+
+def launch(problem, config, q, k, v, o, lse, do, dq, dk, dv, gpu):
+    p = problem
+    Br, Bc, RM, RN = tiles(p, config)
+    D = p.head_dim
+    left, right = p.mask_bounds()
+    lse2 = gpu.empty(p.lse_shape, np.float32)
+    delta = gpu.empty(p.lse_shape, np.float32)
+    gpu.launch(build_prep(D), (-(-p.seq_q // PREP_ROWS), p.batch * p.heads), 32 * PREP_ROWS,
+               o, do, lse, lse2, delta)
+    scale_log2, scale = LOG2E * np.float32(p.scale), np.float32(p.scale)
+    threads_kv = (Bc // RM) * (Br // RN)
+    gpu.launch(build_dkdv(Br, Bc, D, RM, RN), (-(-p.seq_kv // Bc), p.batch * p.kv_heads), threads_kv,
+               q, k, v, do, lse2, delta, dk, dv, scale_log2, scale, p.group, left, right)
+    threads_q = (Br // RM) * (Bc // RN)
+    gpu.launch(build_dq(Br, Bc, D, RM, RN), (-(-p.seq_q // Br), p.batch * p.heads), threads_q,
+               q, k, v, do, lse2, delta, dq, scale_log2, scale, p.group, left, right)
