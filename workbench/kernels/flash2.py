@@ -258,11 +258,13 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=16):
         i0 = (cuda.gridDim.x - 1 - cuda.blockIdx.x) * Br  # heaviest (last) query blocks first
 
         # The KV tiles this CTA needs: first row's first key to last row's last key.
-        key_lo = max(first_key(i0, shift, left), 0)
         i_last = min(i0 + Br, n_q) - 1  # the block's last row inside Nq
+        ### BEGIN SOLUTION causal-skip
+        key_lo = max(first_key(i0, shift, left), 0)
         key_hi = min(last_key(i_last, shift, right) + 1, n_kv)
         j_start = key_lo // Bc
         j_end = (key_hi + Bc - 1) // Bc if key_hi > key_lo else j_start
+        ### END SOLUTION
         # Keys every row of the block sees: the last row's first key to the first row's last.
         # A tile inside [inner_lo, inner_hi) needs no mask (rows past Nq compute on zeros of Q
         # there and are never stored).
@@ -318,6 +320,7 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=16):
             warp_sync()  # the TC threads of a row are in one warp
 
             # m_new, alpha, P = 2^(S - m_new), l; O rescaled (not normalised).
+            ### BEGIN SOLUTION
             for a in range(RM):
                 r = tr + TR * a
                 m_new = m[a]
@@ -335,6 +338,7 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=16):
                 l[a] = alpha * l[a] + rowsum
                 for x in range(DT):
                     acc[a, x] *= alpha
+            ### END SOLUTION
 
             cuda.syncthreads()  # every thread is done with K_j (and P_ij is in shared memory)
             load_kv(v, b, hk, j0, n_kv, float32(1), kv_j)
@@ -364,6 +368,7 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=16):
         warp_sync()
 
         # O = O / l once; LSE = ln2 · (m + log2 l). A row that saw no key: O = 0, LSE = -inf.
+        ### BEGIN SOLUTION
         for a in range(RM):
             r = tr + TR * a
             row = i0 + r
@@ -379,6 +384,7 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=16):
                 if tc == 0:
                     lse[b, h, row] = ((m[a] + math.log2(l_row)) * LN2 if l_row > float32(0)
                                       else NEG_INF)
+        ### END SOLUTION
 
     return flash2
 

@@ -138,6 +138,7 @@ def build(Br, Bc, D):
             load_tile(v, b, hk, j0, v_j)
             cuda.syncthreads()  # K_j and V_j are in shared memory
 
+            ### BEGIN SOLUTION
             m_new = max(m, tile_scores(q_t, k_j, s, i, j0, n_kv, shift, scale, left, right))
             if m_new > NEG_INF:  # else the row has seen no key yet: m, l, O stay -inf, 0, 0
                 alpha = math.exp(m - m_new)  # rescales what was accumulated under the old max
@@ -154,12 +155,15 @@ def build(Br, Bc, D):
                     for d in range(D):
                         acc[d] += p * v_j[c, d]
                 m = m_new
+            ### END SOLUTION
 
+        ### BEGIN SOLUTION
         if i < n_q:  # O = O / l once, LSE = m + log(l); a row that saw no key: O = 0, LSE = -inf
             inv_l = float32(1) / l if l > float32(0) else float32(0)
             for d in range(D):
                 o[b, h, i, d] = acc[d] * inv_l
             lse[b, h, i] = m + math.log(l) if l > float32(0) else NEG_INF
+        ### END SOLUTION
 
     return online
 

@@ -65,6 +65,7 @@ def scores_kernel(tile):
         # of the 32 shared-memory banks and queue up; with T + 1 each thread's row starts a bank later.
         k_tile = cuda.shared.array((tile, padded), float32)
         acc = float32(0)
+        ### BEGIN SOLUTION
         for d0 in range(0, dim, tile):
             # Every thread loads one element of each tile; outside Q or K it loads 0, which adds 0.
             if i < n_q and d0 + tx < dim:
@@ -79,6 +80,7 @@ def scores_kernel(tile):
             for c in range(tile):
                 acc += q_tile[ty, c] * k_tile[tx, c]
             cuda.syncthreads()  # everyone is done with them before the next step overwrites them
+        ### END SOLUTION
         if i >= n_q or j >= n_kv:
             return
         if not visible(i, j, n_kv - n_q, left, right):
