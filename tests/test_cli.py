@@ -76,3 +76,26 @@ def test_an_out_of_memory_is_recorded_and_the_sweep_goes_on(monkeypatch):
                                   all_heads=False)
     assert [p["status"] for p in points] == ["pass", "OOM", "pass"]
     assert "OUT_OF_MEMORY" in points[1]["reason"] and points[1]["memory"]["model_MiB"] > 0
+
+
+def test_a_point_two_suites_share_is_measured_once(monkeypatch):
+    from workbench import Problem
+    from workbench.kernels import get
+
+    calls = []
+    real = verify.check
+
+    def counting(kernel, problem, **kwargs):
+        calls.append(problem.seq_q)
+        return real(kernel, problem, **kwargs)
+
+    monkeypatch.setattr(verify, "check", counting)
+    cache = {}
+    a, b = Problem(1, 1, 1, 9, 9, 8), Problem(1, 1, 1, 5, 5, 8)
+    first = compare.run_problems([a], [get("naive")], [], 0, 5, True, False, cache=cache, label="one")
+    second = compare.run_problems([a, b], [get("naive")], [], 0, 3, True, False, cache=cache, label="two")
+    assert calls == [9, 5]  # a was reused, b measured
+    assert second[0]["measured_in"] == "one" and second[1]["measured_in"] == "two"
+    assert second[0]["verify"] == first[0]["verify"] and second[1]["wall_s"] >= 0
+    compare.run_problems([a], [get("naive")], [], 0, 20, True, False, cache=cache, label="three")
+    assert calls == [9, 5, 9]  # more timed runs asked for than were measured: measured again

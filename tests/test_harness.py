@@ -10,7 +10,7 @@ import pytest
 import workbench  # noqa: F401
 from numba import cuda, float32
 
-from workbench import Problem
+from workbench import Problem, reference
 from workbench.harness import memory, runner, timing, verify
 from workbench.kernels import Rung, naive
 
@@ -211,3 +211,24 @@ def test_simulator_shared_arrays_on_one_line_are_distinct():
     out = np.zeros(4, np.float32)
     two_arrays[1, 4](out)
     np.testing.assert_array_equal(out, 21)
+
+
+def test_sampled_rows_keep_both_edges_and_are_judged_exactly():
+    p = Problem(1, 2, 1, 60, 60, 8, causal=True)
+    rows = verify.sample_rows(p, 40, seed=3)
+    assert len(rows) == 40 and len(set(rows.tolist())) == 40 and np.all(np.diff(rows) > 0)
+    assert rows[:10].tolist() == list(range(10)) and rows[-10:].tolist() == list(range(50, 60))
+    assert verify.sample_rows(p, 60, seed=3) is None and verify.sample_rows(p, None, seed=3) is None
+    assert verify.check("naive", p, seed=1, config=TINY, heads=2, rows=40).passed
+
+    # A wrong row that the sample covers fails; the reference is only those rows.
+    q, k, v, pairs, ref_o, ref_lse = verify.truth(p, 1, 2, 40)
+    assert ref_o.shape == (2, 1, 40, 8)
+    rows = verify.sample_rows(p, 40, seed=1)  # the rows truth() chose for seed 1
+    full_o, full_lse = reference.attention(q, k, v, causal=True)
+    out, lse = full_o.astype(np.float32), full_lse.astype(np.float32)
+    rep = verify.compare_sampled(verify.Report("x", p, 1), out, lse, pairs, ref_o, ref_lse, rows)
+    assert rep.passed
+    out[0, 0, rows[20]] += 1.0
+    rep = verify.compare_sampled(verify.Report("x", p, 1), out, lse, pairs, ref_o, ref_lse, rows)
+    assert not rep.passed

@@ -116,3 +116,27 @@ def test_reference_in_row_chunks_matches_whole(monkeypatch):
     chunked = reference.attention(q, k, v, causal=True, window=(50, -1))
     np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-13, atol=1e-15)
     np.testing.assert_array_equal(chunked[1], whole[1])
+
+
+def test_reference_of_sampled_rows_equals_those_rows_of_the_whole():
+    p = Problem(2, 2, 1, 301, 203, 8, causal=True, window=(40, 3))
+    q, k, v = p.make_inputs(4)
+    whole_o, whole_lse = reference.attention(q, k, v, causal=True, window=(40, 3))
+    rows = np.array([0, 5, 97, 98, 150, 299, 300])  # includes rows that see no key (Nq > Nkv)
+    o, lse = reference.attention(q, k, v, causal=True, window=(40, 3), rows=rows)
+    assert o.shape == (2, 2, 7, 8) and lse.shape == (2, 2, 7)
+    np.testing.assert_allclose(o, whole_o[:, :, rows], rtol=1e-13, atol=1e-15)
+    np.testing.assert_array_equal(lse, whole_lse[:, :, rows])
+
+
+def test_make_inputs_do_not_depend_on_how_many_threads_draw_them(monkeypatch):
+    import os
+
+    p = Problem(2, 3, 1, 17, 19, 8, "float16")
+    many = p.make_inputs(7)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    one = p.make_inputs(7)
+    for a, b in zip(many, one):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(many[0][0, 0], many[0][0, 1])  # each head has its own stream
+    assert not np.array_equal(many[1][0, 0], many[1][1, 0])

@@ -4,7 +4,8 @@ verified against float64, and on a GPU timed and its memory measured.
 With no arguments: all rungs, on a problem that suits the mode — the seed page's config on a GPU
 (B=8, H=32, D=64, float32, seq 512..4096), a tiny one in the simulator (which measures no time).
 `--suite NAME` runs a named set of problems instead (workbench/suites.py) and `--out DIR` writes
-DIR/NAME.json and DIR/NAME.csv. Exit status 1 when any rung fails verification.
+DIR/NAME.json, DIR/NAME.csv and the figures (DIR/NAME-*.png, workbench/plots.py). Exit status 1
+when any rung fails verification.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import csv
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -24,9 +26,12 @@ from .problem import Problem
 
 GPU_DEFAULT = dict(batch=8, heads=32, seq=[512, 1024, 2048, 4096], dim=64)
 SIM_DEFAULT = dict(batch=1, heads=2, seq=[16, 33], dim=16)
-# Above this many float64 reference FLOPs, verification compares a sample of (batch, head) pairs.
+# Above this many float64 reference FLOPs, verification compares a sample of (batch, head) pairs,
+# and above this many query rows a sample of rows in each (each row is exact: rows are independent).
 FULL_REFERENCE_FLOPS = 2e9
 SAMPLED_HEADS = 4
+ALL_ROWS_UP_TO = 4096
+SAMPLED_ROWS = 2048
 
 
 def parse_args(argv=None):
@@ -56,6 +61,7 @@ def parse_args(argv=None):
                    help="a named set of problems (replaces the problem flags)")
     p.add_argument("--out", default=None, metavar="DIR", help="write DIR/<suite>.json and .csv")
     p.add_argument("--json", default=None, metavar="PATH", help="write every point and provenance here")
+    p.add_argument("--no-plots", action="store_true", help="with --out: JSON and CSV only, no PNGs")
     args = p.parse_args(argv)
     args.seq_filter = args.seq
     if args.seq is None:
@@ -70,11 +76,17 @@ def parse_args(argv=None):
     return args
 
 
-def verify_heads(problem: Problem, all_heads: bool):
-    """None (every head) when the float64 reference is cheap enough, else a sample size."""
+def verify_sample(problem: Problem, all_heads: bool):
+    """(heads, rows) to compare with float64: None for all, else a sample size."""
     if all_heads or 2 * problem.flops() <= FULL_REFERENCE_FLOPS:
-        return None
-    return SAMPLED_HEADS if problem.seq_q * problem.seq_kv <= 8192 * 8192 else 2  # float64 is slow
+        return None, None
+    heads = SAMPLED_HEADS if problem.seq_q * problem.seq_kv <= 8192 * 8192 else 2  # float64 is slow
+    return heads, None if problem.seq_q <= ALL_ROWS_UP_TO else SAMPLED_ROWS
+
+
+def _verified(heads, rows) -> dict:
+    return {"verified_heads": "all" if heads is None else heads,
+            "verified_rows": "all" if rows is None else rows}
 
 
 def problem_fields(problem: Problem) -> dict:
@@ -94,16 +106,16 @@ def run_point(rung, problem: Problem, seed: int, repeat: int, timed: bool = True
     except ValueError as exc:
         return {**point, "status": "n/a", "reason": str(exc)}
     point["config"] = cfg
-    heads = verify_heads(problem, all_heads)
+    heads, rows = verify_sample(problem, all_heads)
     try:
-        report = verify.check(rung, problem, seed=seed, config=cfg, heads=heads)
+        report = verify.check(rung, problem, seed=seed, config=cfg, heads=heads, rows=rows)
         point.update(status="pass" if report.passed else "FAIL", verify=report.as_dict(),
-                     verified_heads="all" if heads is None else heads)
+                     **_verified(heads, rows))
         _release()
         if device.simulator() or not timed:
             point["memory"] = {"model_MiB": memory.model_bytes(rung, problem, cfg) / 2**20}
             return point
-        point.update(_measure(rung, problem, cfg, seed, repeat, heads))
+        point.update(_measure(rung, problem, cfg, seed, repeat, heads, rows))
     except Exception as exc:  # noqa: BLE001 - an OOM is a data point; anything else is re-raised
         if not memory.is_oom(exc):
             raise
@@ -122,18 +134,18 @@ def run_peer_point(name: str, problem: Problem, seed: int, repeat: int, all_head
         return {**point, "status": "n/a", "reason": why}
     from numba import cuda
 
-    heads = verify_heads(problem, all_heads)
+    heads, rows = verify_sample(problem, all_heads)
     try:
-        q, k, v, pairs, ref_o, ref_lse = verify.truth(problem, seed, heads)
+        q, k, v, pairs, ref_o, ref_lse = verify.truth(problem, seed, heads, rows)
         dq, dk, dv = (cuda.to_device(x) for x in (q, k, v))
         try:
             fn = peers.build(name, problem, dq, dk, dv)
         except peers.NotApplicable as exc:
             return {**point, "status": "n/a", "reason": str(exc)}
         report = verify.compare_sampled(verify.Report(name, problem, seed), peers.to_numpy(fn()), None,
-                                        pairs, ref_o, ref_lse)
+                                        pairs, ref_o, ref_lse, verify.sample_rows(problem, rows, seed))
         point.update(status="pass" if report.passed else "FAIL", verify=report.as_dict(),
-                     verified_heads="all" if heads is None else heads)
+                     **_verified(heads, rows))
         peak = problem.input_bytes() + peers.peak_bytes(name, fn)  # the peer allocates O itself
         t = timing.time_call(fn, repeat=repeat)
         point.update(timing=t.as_dict(), tflops=problem.flops() / (t.median_ms * 1e-3) / 1e12,
@@ -148,12 +160,12 @@ def run_peer_point(name: str, problem: Problem, seed: int, repeat: int, all_head
     return point
 
 
-def _measure(rung, problem, cfg, seed, repeat, heads) -> dict:
+def _measure(rung, problem, cfg, seed, repeat, heads, rows) -> dict:
     from numba import cuda
 
     # The verified inputs (cached: drawing 3×10⁸ normals per point cost minutes per suite); the L2
     # flush before every timed call keeps the previous call's data from helping.
-    q, k, v = verify.truth(problem, seed, heads)[:3]
+    q, k, v = verify.truth(problem, seed, heads, rows)[:3]
     dq, dk, dv = (cuda.to_device(x) for x in (q, k, v))
     do = cuda.device_array(problem.q_shape, problem.dtype)
     dlse = cuda.device_array(problem.lse_shape, np.float32)
@@ -231,27 +243,39 @@ def write_csv(path, points):
                         **p.get("memory", {})})
 
 
-def run_problems(problems, kernels, peer_names, seed, repeat, timed, all_heads, on_point=None) -> list:
+def run_problems(problems, kernels, peer_names, seed, repeat, timed, all_heads, on_point=None,
+                 cache=None, label=None) -> list:
     """Every kernel and peer on every problem, with a progress bar. `on_point(points)` is called
-    after each point (the CLI saves there, so a sweep cut short keeps what it measured)."""
+    after each point (the CLI saves there, so a sweep cut short keeps what it measured).
+
+    cache: a dict shared by the suites of one run; a point another suite already measured (same
+    kernel, problem, seed, and at least as many timed runs asked for) is reused, marked with where it was
+    measured ("measured_in"), instead of being measured twice. Each point records its wall time."""
     from rich.progress import Progress
 
     points = []
+    jobs = [(problem, kind, x) for problem in problems
+            for kind, xs in (("rung", kernels), ("peer", peer_names)) for x in xs]
     with Progress(transient=True) as progress:
-        task = progress.add_task("compare", total=len(problems) * (len(kernels) + len(peer_names)))
-        for problem in problems:
-            for rung in kernels:
-                progress.update(task, description=f"{rung.name} {problem.describe()}")
-                points.append(run_point(rung, problem, seed, repeat, timed, all_heads))
-                progress.advance(task)
-                if on_point:
-                    on_point(points)
-            for name in peer_names:
+        task = progress.add_task("compare", total=len(jobs))
+        for problem, kind, x in jobs:
+            name = x.name if kind == "rung" else x
+            key = (name, problem, seed, timed, all_heads)
+            asked, hit = (None, None) if cache is None else cache.get(key, (None, None))
+            if hit is not None and asked >= repeat:
+                points.append(dict(hit))
+            else:
                 progress.update(task, description=f"{name} {problem.describe()}")
-                points.append(run_peer_point(name, problem, seed, repeat, all_heads))
-                progress.advance(task)
-                if on_point:
-                    on_point(points)
+                start = time.perf_counter()
+                point = (run_point(x, problem, seed, repeat, timed, all_heads) if kind == "rung"
+                         else run_peer_point(x, problem, seed, repeat, all_heads))
+                point.update(wall_s=round(time.perf_counter() - start, 2), measured_in=label)
+                points.append(point)
+                if cache is not None:
+                    cache[key] = (repeat, point)
+            progress.advance(task)
+            if on_point:
+                on_point(points)
     return points
 
 
@@ -276,8 +300,12 @@ def print_claims(points, suite_name):
     Console(width=None if sys.stdout.isatty() else 150).print(table)
 
 
+_STARTED = time.perf_counter()
+
+
 def save(points, suite_name, args, complete=True):
     data = {"provenance": device.provenance(), "suite": suite_name, "complete": complete,
+            "elapsed_s": round(time.perf_counter() - _STARTED, 1),  # since the command started
             "points": points}
     paths = [args.json] if args.json else []
     if args.out:
@@ -320,6 +348,8 @@ def main(argv=None) -> int:
             return 2
         merge(*argv[1:])
         return 0
+    global _STARTED
+    _STARTED = time.perf_counter()
     args = parse_args(argv)
     runs = []  # (suite name or None, problems, kernels, peers, timed, all_heads, repeat)
     if args.suite:
@@ -336,10 +366,12 @@ def main(argv=None) -> int:
         runs.append((None, problems, args.kernels or list(LADDER), args.peers or [], True, False,
                      args.repeat))
     failed = 0
+    cache = {}
     for suite, problems, kernels, peer_names, timed, all_heads, repeat in runs:
         name = suite.name if suite else None
         points = run_problems(problems, kernels, peer_names, args.seed, repeat, timed, all_heads,
-                              on_point=lambda pts: save(pts, name, args, complete=False))
+                              on_point=lambda pts: save(pts, name, args, complete=False),
+                              cache=cache, label=name)
         where = device.provenance()["device"]
         title = (f"suite {suite.name}: {suite.description} — on {where}" if suite
                  else f"{problems[0].describe()} (seq swept) on {where}")
@@ -348,6 +380,10 @@ def main(argv=None) -> int:
             print_claims(points, suite.name)
         for path in save(points, name, args):
             print(f"wrote {path}")
+            if args.out and path.endswith(".json") and not args.no_plots:
+                from . import plots
+
+                plots.write_all(path)
         failed += sum(p["status"] == "FAIL" for p in points)
     return 1 if failed else 0
 

@@ -4,7 +4,8 @@ The procedure (METHOD.md of the device tool):
 1. fresh standard-normal inputs from `seed`, and the float64 NumPy reference on exactly those inputs
    (float16 inputs are upcast exactly, so the reference sees what the kernel sees);
 2. O and LSE poisoned with NaN before each launch, so an element the kernel never writes fails;
-3. two launches on the same inputs must agree bit for bit (a difference is a race);
+3. two launches on the same inputs must agree bit for bit (a difference is a race), and the inputs
+   must be bit for bit what they were (a kernel never writes q, k or v);
 4. errors against float64: max-abs, relative Frobenius ‖out − ref‖/‖ref‖, elementwise
    |out − ref| <= atol + rtol·|ref|; for LSE, masked-out rows must be exactly -inf.
 
@@ -54,6 +55,7 @@ class Report:
     deterministic: bool = True
     failures: list = field(default_factory=list)
     workspace_bytes: int = 0
+    inputs_changed: dict = field(default_factory=dict)  # {"q": elements that changed, ...}
 
     @property
     def passed(self) -> bool:
@@ -68,7 +70,8 @@ class Report:
             "kernel": self.kernel, "problem": self.problem.describe(), "seed": self.seed,
             "passed": self.passed, "max_abs": self.max_abs, "rel_fro": self.rel_fro,
             "lse_max_abs": self.lse_max_abs, "unwritten": self.unwritten,
-            "deterministic": self.deterministic, "failures": list(self.failures),
+            "deterministic": self.deterministic, "inputs_changed": dict(self.inputs_changed),
+            "failures": list(self.failures),
             "tolerance": vars(self.tolerance),
         }
 
@@ -129,13 +132,15 @@ def _poisoned(shape, dtype):
     return cuda.to_device(np.full(shape, np.nan, dtype=dtype))
 
 
-def sampled_reference(problem: Problem, q, k, v, pairs):
-    """The float64 reference for the (batch, head) pairs listed, stacked as (len(pairs), 1, Nq, D)."""
+def sampled_reference(problem: Problem, q, k, v, pairs, rows=None):
+    """The float64 reference for the (batch, head) pairs listed, stacked as (len(pairs), 1, Nq, D)
+    (or only the query `rows` given: (len(pairs), 1, len(rows), D))."""
     outs, lses = [], []
     for b, h in pairs:
         hk = h // problem.group
         o, lse = reference.attention(q[b:b + 1, h:h + 1], k[b:b + 1, hk:hk + 1], v[b:b + 1, hk:hk + 1],
-                                     causal=problem.causal, window=problem.window, scale=problem.scale)
+                                     causal=problem.causal, window=problem.window, scale=problem.scale,
+                                     rows=rows)
         outs.append(o[0])
         lses.append(lse[0])
     return np.stack(outs), np.stack(lses)
@@ -151,52 +156,114 @@ def sample_pairs(problem: Problem, heads: int | None, seed: int):
     return [pairs[0]] + [pairs[i] for i in sorted(middle)] + [pairs[-1]]
 
 
+def sample_rows(problem: Problem, rows: int | None, seed: int):
+    """None (every query row), or `rows` sorted row indices: the first and last 64 (where masks
+    and tile edges bite) and random ones between."""
+    n = problem.seq_q
+    if rows is None or rows >= n:
+        return None
+    edge = min(64, rows // 4)
+    rng = np.random.default_rng(seed + 2)
+    middle = rng.choice(np.arange(edge, n - edge), size=rows - 2 * edge, replace=False)
+    return np.sort(np.concatenate([np.arange(edge), middle, np.arange(n - edge, n)]))
+
+
 @functools.lru_cache(maxsize=2)
-def truth(problem: Problem, seed: int, heads: int | None):
-    """Inputs for `seed` and the float64 reference on the sampled pairs (cached: every rung and peer
-    of a sweep point is judged against the same truth, computed once)."""
+def truth(problem: Problem, seed: int, heads: int | None, rows: int | None = None):
+    """Inputs for `seed` and the float64 reference on the sampled pairs and rows (cached: every rung
+    and peer of a sweep point is judged against the same truth, computed once)."""
     q, k, v = problem.make_inputs(seed)
     pairs = sample_pairs(problem, heads, seed)
-    ref_o, ref_lse = sampled_reference(problem, q, k, v, pairs)
+    ref_o, ref_lse = sampled_reference(problem, q, k, v, pairs, sample_rows(problem, rows, seed))
     return q, k, v, pairs, ref_o, ref_lse
 
 
-def compare_sampled(report: Report, out, lse, pairs, ref_o, ref_lse) -> Report:
-    """Judge full outputs (B, H, Nq, D) on the sampled (batch, head) pairs."""
+def compare_sampled(report: Report, out, lse, pairs, ref_o, ref_lse, rows=None) -> Report:
+    """Judge full outputs (B, H, Nq, D) on the sampled (batch, head) pairs (and query rows: the
+    indices from sample_rows, None for all)."""
     b_idx, h_idx = (np.array(x) for x in zip(*pairs))
-    return compare(report, np.asarray(out)[b_idx, h_idx][:, None],
-                   None if lse is None else np.asarray(lse)[b_idx, h_idx][:, None], ref_o, ref_lse)
+    out = np.asarray(out)[b_idx, h_idx][:, None]
+    lse = None if lse is None else np.asarray(lse)[b_idx, h_idx][:, None]
+    if rows is not None:
+        out, lse = out[:, :, rows], None if lse is None else lse[:, :, rows]
+    return compare(report, out, lse, ref_o, ref_lse)
 
 
-def check(kernel, problem: Problem, seed: int = 0, config=None, heads: int | None = None) -> Report:
+def check(kernel, problem: Problem, seed: int = 0, config=None, heads: int | None = None,
+          rows: int | None = None) -> Report:
     """Run `kernel` twice on fresh inputs and judge it against float64 (see the module docstring).
 
-    heads: compare only this many (batch, head) pairs with the float64 reference (for problems too
-    large for a NumPy reference of every head); unwritten elements and determinism are still checked
-    over the whole output.
+    heads, rows: compare only this many (batch, head) pairs, and this many query rows of each, with
+    the float64 reference (for problems too large for a NumPy reference of everything); unwritten
+    elements and determinism are still checked over the whole output.
     """
-    from numba import cuda
-
     rung = get(kernel)
     cfg = runner.check_config(rung, problem, config)
-    q, k, v, pairs, ref_o, ref_lse = truth(problem, seed, heads)
+    q, k, v, pairs, ref_o, ref_lse = truth(problem, seed, heads, rows)
+    launched = launch_poisoned(rung, problem, cfg, q, k, v)
+    return judge(Report(rung.name, problem, seed), launched, pairs, ref_o, ref_lse,
+                 sample_rows(problem, rows, seed))
+
+
+@dataclass
+class Launches:
+    """What a rung wrote in repeated launches on one set of inputs (host copies)."""
+
+    outputs: list  # [(o, lse), ...]: one pair per launch, each poisoned with NaN before it
+    inputs_changed: dict = field(default_factory=dict)  # {"q": (elements changed, size), ...}
+    workspace_bytes: int = 0
+
+
+def changed_elements(device_array, host_array) -> int:
+    """Elements of `device_array` that differ bit for bit from `host_array`."""
+    now = device_array.copy_to_host()
+    bits = f"u{host_array.dtype.itemsize}"
+    return int(np.count_nonzero(now.view(bits) != host_array.view(bits)))
+
+
+def launch_poisoned(rung, problem: Problem, cfg: dict, q, k, v, launches: int = 2) -> Launches:
+    """Launch `rung` (config already checked) `launches` times on device copies of the host
+    arrays q, k, v, with O and LSE poisoned with NaN before each launch; then count the input
+    elements the launches changed. `rung` may be any Rung, e.g. one whose module was loaded from a
+    file."""
+    from numba import cuda
+
     dq, dk, dv = (cuda.to_device(x) for x in (q, k, v))
-    outs = []
-    report = Report(rung.name, problem, seed)
-    for _ in range(2):
+    result = Launches(outputs=[])
+    for _ in range(launches):
         do = _poisoned(problem.q_shape, problem.dtype)
         dlse = _poisoned(problem.lse_shape, np.float32)
         ran = runner.run(rung, problem, cfg, dq, dk, dv, do, dlse)
         cuda.synchronize()
-        outs.append((do.copy_to_host(), dlse.copy_to_host()))
-        report.workspace_bytes = ran.workspace_bytes
-        del do, dlse, ran  # the second launch gets fresh scratch, not the first's (nor room for both)
+        result.outputs.append((do.copy_to_host(), dlse.copy_to_host()))
+        result.workspace_bytes = ran.workspace_bytes
+        del do, dlse, ran  # the next launch gets fresh scratch, not this one's (nor room for both)
         runner.release_memory()
-    (o1, l1), (o2, l2) = outs
-    report.deterministic = o1.tobytes() == o2.tobytes() and l1.tobytes() == l2.tobytes()
+    for name, d, x in (("q", dq, q), ("k", dk, k), ("v", dv, v)):
+        changed = changed_elements(d, x)
+        if changed:
+            result.inputs_changed[name] = (changed, x.size)
+    return result
+
+
+def judge(report: Report, launched: Launches, pairs, ref_o, ref_lse, rows=None) -> Report:
+    """Fill `report` from `launched`: inputs untouched, every launch bitwise equal to the first,
+    nothing left NaN in O or LSE, and the first launch's errors against the float64 reference on
+    the sampled (batch, head) pairs and rows."""
+    (o1, l1), later = launched.outputs[0], launched.outputs[1:]
+    report.workspace_bytes = launched.workspace_bytes
+    report.inputs_changed = {name: int(n) for name, (n, _) in launched.inputs_changed.items()}
+    for name, (n, size) in launched.inputs_changed.items():
+        report.failures.append(f"the kernel wrote its input {name}: {n} of {size} elements changed "
+                               f"(a kernel must leave q, k and v as it found them)")
+    report.deterministic = all(o.tobytes() == o1.tobytes() and l.tobytes() == l1.tobytes()
+                               for o, l in later)
     if not report.deterministic:
         report.failures.append("two launches on the same inputs differ bitwise (a race?)")
     report.unwritten = int(np.isnan(o1).sum())
     if report.unwritten:
         report.failures.append(f"{report.unwritten} of {o1.size} output elements are NaN (never written?)")
-    return compare_sampled(report, o1, l1, pairs, ref_o, ref_lse)
+    lse_unwritten = int(np.isnan(l1).sum())
+    if lse_unwritten:
+        report.failures.append(f"{lse_unwritten} of {l1.size} LSE values are NaN (never written?)")
+    return compare_sampled(report, o1, l1, pairs, ref_o, ref_lse, rows)
