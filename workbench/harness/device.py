@@ -97,12 +97,12 @@ def patch_simulator():
     original = kernelapi.FakeCUDAShared.array
     lock = threading.Lock()
 
-    def array(self, shape, dtype, alignment=None):
+    def array(self, shape, dtype, alignment=None, _frame=None):
         if shape == 0 or alignment is not None:  # dynamic shared memory / unsupported: as before
             return original(self, shape, dtype, alignment)
         if isinstance(dtype, types.Type):
             dtype = numpy_support.as_dtype(dtype)
-        frame = sys._getframe(1)
+        frame = _frame or sys._getframe(1)  # a wrapper (workbench.sim.traffic) passes the kernel's
         caller = (frame.f_code.co_filename, frame.f_lineno, frame.f_lasti)
         with lock:
             res = self._allocations.get(caller)
@@ -112,6 +112,9 @@ def patch_simulator():
 
     kernelapi.FakeCUDAShared.array = array
     kernelapi.FakeCUDAShared._workbench_patched = True
+    from ..sim import install  # warp intrinsics, opt-in traffic counters (workbench/sim/)
+
+    install()
 
 
 def mode() -> str:
