@@ -35,8 +35,11 @@ Undefined on the GPU, and what the simulator does instead of silently agreeing w
 - a shuffle reads a lane that is not in the mask, has exited or does not exist: the result is
   poison (NaN for floats, 0xDEADBEEF for ints), or a RuntimeError with `on_undefined = "raise"`.
 
-`activemask()` returns the warp's lanes that exist and have not exited: the simulator has no
-notion of convergence, so inside a divergent branch it says more than the GPU would.
+`activemask()` is a rendezvous too (the simulator has no notion of convergence): it returns the
+lanes that reach the same `activemask()` call, waiting for every lane of the warp that has not
+exited and is not waiting elsewhere (another collective or call site, syncthreads). So in a
+divergent branch it names the branch's lanes, as on the GPU; unlike the GPU, lanes that reach the
+same call at different times are counted together.
 
 `reference_shfl` is the same semantics in NumPy, for a whole warp at once: tests and
 `scripts/gpu_warps.py` compare the simulator and the H100 with it.
@@ -45,6 +48,7 @@ notion of convergence, so inside a divergent branch it says more than the GPU wo
 from __future__ import annotations
 
 import math
+import sys
 import threading
 
 import numpy as np
@@ -139,6 +143,8 @@ class _Group:
         self.done = False
 
     def describe(self) -> str:
+        if self.op == "activemask":
+            return "activemask()"
         width = WARP - ((self.c >> 8) & 0x1F)
         extra = f", width={width}" if self.op in MODE_NAMES.values() and width != WARP else ""
         return f"{self.op}(mask=0x{self.mask:08x}{extra})"
@@ -294,8 +300,9 @@ def _thread_exited(thread) -> None:
         st = _state(thread._manager)
         st.exited.add(thread.thread_id)
         warp = thread.thread_id // WARP
-        for g in [g for (w, _), g in st.pending.items() if w == warp]:
+        for g in [g for (w, _), g in st.pending.items() if w == warp and g.op != "activemask"]:
             _try_complete(st, g)
+        _COND.notify_all()  # activemask calls look again
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,14 +368,52 @@ def match_all_sync(mask, value):
 
 
 def activemask():
-    """The lanes of this warp that exist and have not exited (see the module docstring)."""
+    """The lanes of this warp that reach this same `activemask()` call together (see the module
+    docstring): a lane counts unless it has exited or waits elsewhere (another collective, another
+    activemask call, syncthreads)."""
     t = threading.current_thread()
-    warp = t.thread_id // WARP
+    tid = t.thread_id
+    warp, lane = divmod(tid, WARP)
+    frame = sys._getframe(1)
+    site = ("activemask", frame.f_code, frame.f_lasti)
     with _COND:
         st = _state(t._manager)
-        present = min(WARP, st.threads - warp * WARP)
-        bits = sum(1 << l for l in range(present) if warp * WARP + l not in st.exited)
-    return np.uint32(bits)
+        g = st.pending.get((warp, site))
+        if g is None:
+            g = st.pending[(warp, site)] = _Group("activemask", 0, warp, site, [])
+        g.values[lane] = True
+        st.waiting[tid] = g
+        _COND.notify_all()  # lanes waiting in other activemask calls look again
+        while not g.done:
+            if _activemask_ready(st, g):
+                g.results = dict.fromkeys(g.values, np.uint32(sum(1 << l for l in g.values)))
+                g.done = True
+                del st.pending[(warp, site)]
+                for l in g.values:
+                    st.waiting.pop(warp * WARP + l, None)
+                _COND.notify_all()
+                break
+            _COND.wait(timeout=0.02)  # syncthreads does not notify us: look again soon
+            if t.abort:
+                raise RuntimeError("abort flag set in activemask")
+        return g.results[lane]
+
+
+def _activemask_ready(st: _BlockWarps, g: _Group) -> bool:
+    base = g.warp * WARP
+    present = min(WARP, st.threads - base)
+    threads = None
+    for l in range(present):
+        tid = base + l
+        if l in g.values or tid in st.exited or st.waiting.get(tid, g) is not g:
+            continue
+        if threads is None:
+            threads = {x.thread_id: x for x in threading.enumerate()
+                       if getattr(x, "_manager", None) is st.manager}
+        if tid in threads and threads[tid].syncthreads_blocked:
+            continue
+        return False  # still running (or not started): it may come here
+    return True
 
 
 def lanemask_lt():
