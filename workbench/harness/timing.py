@@ -62,19 +62,26 @@ def flush_l2():
 
 
 def time_call(fn, *, repeat: int = 20, warmup: int = 2, budget_s: float = 2.0,
-              flush: bool = True) -> Timing:
+              flush: bool = True, setup=None) -> Timing:
     """Time `fn()` (device work only) with CUDA events; at least 3 and at most `repeat` timed runs,
-    fewer than `repeat` only when the calls are so long that `budget_s` is spent first."""
+    fewer than `repeat` only when the calls are so long that `budget_s` is spent first.
+    `setup()`, if given, runs before every call (warm-ups too), outside the events: e.g. to check
+    the previous call's output and poison it again, so that every timed call is verified."""
     if device.simulator():
         raise RuntimeError("the CUDA simulator measures no time; run on a GPU")
     from numba import cuda
 
     for _ in range(max(1, warmup)):
+        if setup is not None:
+            setup()
         fn()
     cuda.synchronize()
     samples, spent = [], 0.0
     start, end = cuda.event(), cuda.event()
     while len(samples) < repeat and (len(samples) < 3 or spent < budget_s * 1e3):
+        if setup is not None:
+            setup()
+            cuda.synchronize()
         if flush:
             flush_l2()
         start.record()
