@@ -77,3 +77,17 @@ def test_decode_validation():
     # Entries past a sequence's last used block are never read, so they may hold anything.
     assert table[0, -1] >= p.num_blocks
     decode(q, kc, vc, table, lens)
+
+
+def test_training_inference_and_model_claims():
+    from workbench import seed
+
+    train = seed.claims_for("seed-training")
+    assert {(c.batch, c.seq) for c in train} == {(4, 2048), (8, 2048), (4, 4096), (8, 4096), (2, 8192)}
+    oom = [c for c in train if c.value is None]
+    assert [(c.batch, c.seq, c.note) for c in oom] == [(8, 4096, "OOM"), (8, 4096, "Enabled")]
+    inf = seed.claims_for("seed-inference")
+    assert [c.seq for c in inf if c.column.startswith("Flash")] == [512, 2048, 4096, 8192, 16384]
+    models = seed.claims_for("seed-models")
+    assert {(c.heads, c.head_dim) for c in models} == set(
+        (h, d) for h, _, d in seed.MODEL_SHAPES.values())

@@ -836,6 +836,72 @@ SUITE_CLAIMS = {
 }
 
 
+# The training, inference and model tables (issue 9's suites, run by scripts/gpu_training_inference.py).
+# Every one is a whole-model figure on an A100 (or no GPU named); ours are one attention layer at the
+# model's shape, so a claim and a measurement sit side by side with that said, not as a ratio to trust.
+MODEL_SHAPES = {  # attention of each model: (query heads, key/value heads, head dim), model cards
+    "Llama 2 7B": (32, 32, 128), "Llama 2 13B": (40, 40, 128), "Llama 2 70B": (64, 8, 128),
+    "GPT-2 (124M)": (12, 12, 64), "GPT-J (6B)": (16, 16, 256), "GPT-NeoX (20B)": (64, 64, 96),
+}
+WHOLE_MODEL = "the page's whole-model figure; ours is one attention layer at the model's shape"
+
+
+def _training_claims():
+    t = TABLES["training-throughput"]
+    heads, _, dim = MODEL_SHAPES["Llama 2 7B"]
+    out = []
+    for r in t.rows:
+        batch, seq = int(r[0].split(" × ")[0]), seq_value(r[0].split(" × ")[1])
+        for col, kernels, metric, unit in (
+                ("Standard (samples/sec)", ("torch-standard",), "samples_per_s", "samples/s"),
+                ("Flash Attn (samples/sec)", ("flash2", "sdpa-flash"), "samples_per_s", "samples/s"),
+                ("Speedup", (), "speedup", "x")):
+            cell = t.cell(r[0], col)
+            v = number(cell) if metric != "speedup" or cell.endswith("x") else None
+            out.append(Claim(seq, f"{r[0]} {col}", v, unit, metric, col, kernels, t.key, t.gpu,
+                             batch, heads, dim, None, WHOLE_MODEL if v is not None else cell))
+    return out
+
+
+def _inference_claims():
+    t = TABLES["inference-throughput"]
+    heads, _, dim = MODEL_SHAPES["Llama 2 7B"]
+    out = []
+    for col, kernels in (("Standard (tokens/sec)", ("torch-standard",)),
+                         ("Flash Attn (tokens/sec)", ("decode", "sdpa-flash", "torch-gather-sdpa"))):
+        for n, v in t.series(col):
+            out.append(Claim(n, col, v, "tokens/s", "tokens_per_s", col, kernels, t.key, t.gpu, 1,
+                             heads, dim, None, WHOLE_MODEL if v is not None else t.cell(n, col)))
+    return out
+
+
+def _models_claims():
+    out = []
+    for key, metric, unit in (("llama2-models", "samples_per_s", "samples/s"),
+                              ("gpt-models", "tokens_per_s", "tokens/s")):
+        t = TABLES[key]
+        for r in t.rows:
+            heads, _, dim = MODEL_SHAPES[r[0]]
+            for col in t.columns[1:]:
+                if col == "Params":
+                    continue
+                speed = col == "Speedup"
+                kernels = () if speed else (("torch-standard",) if col.startswith("Standard")
+                                            else ("flash2", "sdpa-flash"))
+                out.append(Claim(t.config["seq"], f"{r[0]} {col}", number(t.cell(r[0], col)),
+                                 "x" if speed else unit, "speedup" if speed else metric, col, kernels,
+                                 key, t.gpu, t.config.get("batch"), heads, dim, None,
+                                 f"{r[0]}; " + WHOLE_MODEL))
+    return out
+
+
+TRAINING_INFERENCE_CLAIMS = {
+    "seed-training": _training_claims,
+    "seed-inference": _inference_claims,
+    "seed-models": _models_claims,
+}
+
+
 def claims_for(suite_name, gpu: str | None = None) -> list:
     """The page's claims a suite's measurements go beside, as `Claim`s (`.row()` is (seq, what,
     value, unit)). `ladder` gets the speed and memory tables (same config); `seed` all four; `verify`
@@ -849,8 +915,11 @@ def claims_for(suite_name, gpu: str | None = None) -> list:
         out = _speed_claims() + [c for c in _memory_claims() if c.table.startswith("memory-")]
     elif suite_name in SUITE_CLAIMS:
         out = SUITE_CLAIMS[suite_name]()
+    elif suite_name in TRAINING_INFERENCE_CLAIMS:
+        out = TRAINING_INFERENCE_CLAIMS[suite_name]()
     else:
-        raise ValueError(f"no claims for suite {suite_name!r}; known: {sorted(SUITE_CLAIMS)}, ladder, seed")
+        raise ValueError(f"no claims for suite {suite_name!r}; known: "
+                         f"{sorted(SUITE_CLAIMS) + sorted(TRAINING_INFERENCE_CLAIMS)}, ladder, seed")
     if gpu:
         out = [c for c in out if c.gpu is None or gpu.lower() in c.gpu.lower()]
     return out
