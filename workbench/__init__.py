@@ -5,6 +5,7 @@
     workbench.LADDER        # the rungs, in order, each with its one-line lesson
     workbench.Problem       # shapes, dtype, mask; FLOP and byte counts; random inputs
     workbench.mode()        # 'gpu', or 'simulator' when there is no usable CUDA device
+    workbench.traffic("online", Problem(seq_q=13, head_dim=8))  # bytes moved (simulator only)
 """
 
 # Must run before anything imports Numba: it may switch Numba's CUDA simulator on.
@@ -16,5 +17,6 @@ if select_mode() == "simulator":
 from .api import attention  # noqa: E402
 from .kernels import LADDER  # noqa: E402
 from .problem import Problem  # noqa: E402
+from .sim.traffic import traffic  # noqa: E402  (memory traffic, counted in the simulator)
 
-__all__ = ["attention", "LADDER", "Problem", "mode"]
+__all__ = ["attention", "LADDER", "Problem", "mode", "traffic"]

@@ -4,6 +4,11 @@ For every rung at its default config, the kernels it would launch on a seed-shap
 compiled to LTO-IR by Numba and linked by nvJitLink for sm_90; the linker's report gives registers,
 static shared memory, stack frame and spills (../shared/numba-cuda-notes.md, "Compiling without a
 GPU"). Needs the real CUDA target, not the simulator: run it with NUMBA_ENABLE_CUDASIM unset or 0.
+
+Beside each kernel: its occupancy on an H100 (resident blocks and warps per SM, and which of
+registers, shared memory, threads or the block limit caps them; workbench.harness.occupancy).
+`--ptx DIR` writes each kernel's PTX there, `--sass DIR` its SASS (disassembled by nvdisasm from
+the `cuda-toolkit[nvdisasm]` wheel, when that is installed; otherwise it says so and exits 3).
 """
 
 from __future__ import annotations
@@ -34,17 +39,20 @@ class Usage:
     spill_bytes: int
 
     @property
+    def occupancy(self):
+        """Resident blocks and warps per SM on an H100, and what limits them."""
+        from .harness.occupancy import occupancy
+
+        return occupancy(self.threads, self.registers, self.shared_bytes)
+
+    @property
     def blocks_per_sm(self) -> int:
-        """Resident blocks per SM on an H100 by registers, shared memory and threads."""
-        regs_per_block = max(1, self.registers) * self.threads
-        by_regs = 65536 // regs_per_block
-        by_smem = (228 * 1024) // (self.shared_bytes + 1024) if self.shared_bytes else 32
-        by_threads = 2048 // self.threads
-        return max(0, min(by_regs, by_smem, by_threads, 32))
+        return self.occupancy.blocks_per_sm
 
 
-def compile_usage(launch, cc=(9, 0)) -> dict:
-    """Compile one planned launch for `cc` and read the linker's resource report."""
+def compile_usage(launch, cc=(9, 0), sass_path=None) -> dict:
+    """Compile one planned launch for `cc` and read the linker's resource report (and write the
+    linked cubin's SASS to `sass_path`)."""
     from cuda.core import Linker, LinkerOptions, ObjectCode
     from numba import cuda
 
@@ -54,8 +62,13 @@ def compile_usage(launch, cc=(9, 0)) -> dict:
     linker = Linker(*[ObjectCode.from_ltoir(b) for b in ltoirs],
                     options=LinkerOptions(arch=f"sm_{cc[0]}{cc[1]}", link_time_optimization=True,
                                           verbose=True))
-    linker.link("cubin")
+    cubin = linker.link("cubin")
     log = linker.get_info_log()
+    if sass_path:
+        from numba.cuda.codegen import run_nvdisasm
+
+        with open(sass_path, "w") as f:
+            f.write(run_nvdisasm(cubin, ["-c"]))
     m = _LINE.search(log)
     if not m:
         raise RuntimeError(f"could not read the linker's report for {launch.name}:\n{log}")
@@ -72,8 +85,20 @@ def _options(kernel) -> dict:
     return {k: opts[k] for k in ("fastmath", "lineinfo", "launch_bounds") if k in opts}
 
 
-def rung_usage(rung, problem, config=None) -> list[Usage]:
-    """Resource usage of every distinct kernel a rung launches for `problem` at `config`."""
+def nvdisasm_path():
+    """nvdisasm from the CUDA wheels (or the system toolkit), or None."""
+    from cuda import pathfinder
+
+    return pathfinder.find_nvidia_binary_utility("nvdisasm")
+
+
+def _dump_name(rung, launch, problem, ext) -> str:
+    return f"{rung.name}-{launch.name}-{problem.dtype}-d{problem.head_dim}.{ext}"
+
+
+def rung_usage(rung, problem, config=None, ptx_dir=None, sass_dir=None) -> list[Usage]:
+    """Resource usage of every distinct kernel a rung launches for `problem` at `config`, with its
+    PTX and SASS written to `ptx_dir` and `sass_dir` when given."""
     from .harness import runner
 
     cfg = runner.check_config(rung, problem, config)
@@ -83,7 +108,15 @@ def rung_usage(rung, problem, config=None) -> list[Usage]:
         if key in seen:
             continue
         seen.add(key)
-        u = compile_usage(launch)
+        if ptx_dir:
+            from numba import cuda
+
+            ptx, _ = cuda.compile_ptx(launch.kernel.py_func, launch.argtypes, cc=(9, 0),
+                                      **_options(launch.kernel))
+            with open(os.path.join(ptx_dir, _dump_name(rung, launch, problem, "ptx")), "w") as f:
+                f.write(ptx)
+        sass = os.path.join(sass_dir, _dump_name(rung, launch, problem, "sass")) if sass_dir else None
+        u = compile_usage(launch, sass_path=sass)
         usages.append(Usage(rung.name, launch.name, problem.dtype, problem.head_dim, launch.threads, **u))
     return usages
 
@@ -94,6 +127,10 @@ def main(argv=None) -> int:
     parser.add_argument("--dim", type=int, nargs="+", default=[64, 128], help="head dims to compile")
     parser.add_argument("--dtype", nargs="+", default=["float32", "float16"])
     parser.add_argument("--json", default=None, help="also write the table as JSON here")
+    parser.add_argument("--ptx", metavar="DIR", default=None, help="write each kernel's PTX here")
+    parser.add_argument("--sass", metavar="DIR", default=None,
+                        help="write each kernel's SASS here (needs nvdisasm: pip install "
+                             "'cuda-toolkit[nvdisasm]')")
     args = parser.parse_args(argv)
 
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
@@ -101,6 +138,14 @@ def main(argv=None) -> int:
               "(or set it to 0) and run again.", file=sys.stderr)
         return 2
     os.environ["NUMBA_ENABLE_CUDASIM"] = "0"  # compile for sm_90 even with no GPU here
+    if args.sass and nvdisasm_path() is None:
+        print("--sass needs nvdisasm, which is not installed here: pip install "
+              "'cuda-toolkit[nvdisasm]==13.5.*' (the wheel that matches numba-cuda's CUDA 13.5 "
+              "compiler; the system's older nvdisasm cannot read its cubins).", file=sys.stderr)
+        return 3
+    for folder in (args.ptx, args.sass):
+        if folder:
+            os.makedirs(folder, exist_ok=True)
 
     from rich.console import Console
     from rich.table import Table
@@ -114,22 +159,28 @@ def main(argv=None) -> int:
         for dtype in args.dtype:
             for dim in args.dim:
                 problem = Problem(batch=8, heads=32, seq_q=4096, head_dim=dim, dtype=dtype)
-                rows += rung_usage(rung, problem)
+                rows += rung_usage(rung, problem, ptx_dir=args.ptx, sass_dir=args.sass)
 
     table = Table(title="Resource usage per kernel, compiled for sm_90 (H100 limits: 255 regs/thread, "
                         "64K regs and 228 KiB shared per SM)")
-    for col in ("rung", "kernel", "dtype", "D", "threads", "regs", "smem B", "stack B", "spill B", "blocks/SM"):
-        table.add_column(col, justify="right" if col not in ("rung", "kernel", "dtype") else "left")
+    for col in ("rung", "kernel", "dtype", "D", "threads", "regs", "smem B", "stack B", "spill B",
+                "blocks/SM", "warps/SM", "occupancy", "limited by"):
+        table.add_column(col, justify="left" if col in ("rung", "kernel", "dtype", "limited by") else "right")
     for u in rows:
+        occ = u.occupancy
         table.add_row(u.rung, u.kernel, u.dtype, str(u.head_dim), str(u.threads), str(u.registers),
                       str(u.shared_bytes), str(u.stack_bytes),
-                      f"[red]{u.spill_bytes}[/red]" if u.spill_bytes else "0", str(u.blocks_per_sm))
+                      f"[red]{u.spill_bytes}[/red]" if u.spill_bytes else "0", str(occ.blocks_per_sm),
+                      str(occ.warps_per_sm), f"{occ.occupancy:.0%}", occ.limited_by)
     Console(width=None if sys.stdout.isatty() else 150).print(table)
     if args.json:
         import json
 
         with open(args.json, "w") as f:
-            json.dump([{**asdict(u), "blocks_per_sm": u.blocks_per_sm} for u in rows], f, indent=1)
+            json.dump([{**asdict(u), **asdict(u.occupancy)} for u in rows], f, indent=1)
+    for folder, what in ((args.ptx, "PTX"), (args.sass, "SASS")):
+        if folder:
+            print(f"{what} of {len(rows)} kernels written to {folder}")
     return 0
 
 

@@ -355,40 +355,67 @@ def flash1_shared_elements(head_dim: int) -> int:
 
 
 def plot(data: dict, path: str) -> str:
+    """Three panels against N: device-memory bytes with the FA1 Θ-bounds, the same as a multiple
+    of the minimum (Q, K, V read once, O and LSE written once), and shared-memory bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..plots import COLORS
+    from ..plots import _overlap_size, style
+    from ..problem import Problem
 
     points = data["points"]
     d, m = data["head_dim"], data["M_elements"]
     seqs = sorted({p["problem"]["seq_q"] for p in points})
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    for ax, where, title in ((axes[0], "global", "device (global) memory"),
-                             (axes[1], "shared", "shared memory")):
-        for rung in dict.fromkeys(p["rung"] for p in points):
-            pts = sorted((p for p in points if p["rung"] == rung), key=lambda p: p["problem"]["seq_q"])
-            ys = [p[f"{where}_read"] + p[f"{where}_written"] for p in pts]
-            ax.plot([p["problem"]["seq_q"] for p in pts], ys, "o-", color=COLORS.get(rung),
-                    label=rung, lw=1.8, ms=5)
-        if where == "global":
-            for key, style, label in (("standard", "--", "FA1 Thm 2, standard: 4·(N·d + N²) B"),
-                                      ("flash", ":", f"FA1 Thm 2, FlashAttention: 4·N²·d²/M B (M = {m})")):
-                ax.plot(seqs, [fa1_bounds(n, d, m)[key] for n in seqs], style, color="0.3",
-                        label=label, lw=1.5)
+    rungs = list(dict.fromkeys(p["rung"] for p in points))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+
+    def series(rung, key):
+        pts = sorted((p for p in points if p["rung"] == rung), key=lambda p: p["problem"]["seq_q"])
+        return [p["problem"]["seq_q"] for p in pts], [key(p) for p in pts]
+
+    panels = (
+        (axes[0], "device (global) memory: bytes read + written",
+         lambda p: p["global_read"] + p["global_written"]),
+        (axes[1], "device memory ÷ minimum (Q, K, V read once; O, LSE written once)",
+         lambda p: (p["global_read"] + p["global_written"]) / Problem(**p["problem"]).min_bytes()),
+        (axes[2], "shared memory: bytes read + written",
+         lambda p: p["shared_read"] + p["shared_written"]),
+    )
+    for ax, title, key in panels:
+        for i, rung in enumerate(rungs):
+            xs, ys = series(rung, key)
+            if not any(ys):
+                continue  # naive has no shared memory
+            st = style(rung)
+            ax.plot(xs, ys, color=st["color"], lw=1.5, label=rung, marker="o",
+                    ms=_overlap_size(i, 11.0), mfc="none", mew=1.6)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(seqs, [str(n) for n in seqs])
         ax.set_xlabel("sequence length N (= Nq = Nkv)")
-        ax.set_ylabel("bytes read + written, one head")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+    # The paper's bounds have no constant: each is drawn through the rung that implements it at
+    # the largest N, so that the slopes can be compared.
+    for bound, anchor, ls in (("standard", "tiled", "--"), ("flash", "flash1", ":")):
+        if anchor not in rungs:
+            continue
+        xs, ys = series(anchor, panels[0][2])
+        k = ys[-1] / fa1_bounds(xs[-1], d, m)[bound]
+        label = ("FA1 Thm 2: standard Θ(N·d + N²)" if bound == "standard"
+                 else f"FA1 Thm 2: FlashAttention Θ(N²·d²/M), M = {m}")
+        axes[0].plot(seqs, [k * fa1_bounds(n, d, m)[bound] for n in seqs], ls, color="0.25",
+                     lw=1.4, label=f"{label}\n  (scaled to meet {anchor} at N = {xs[-1]})")
+    axes[0].set_ylabel("bytes, one head")
+    axes[1].set_ylabel("× minimum")
+    axes[0].legend(fontsize=7.5, loc="upper left")
+    axes[2].legend(fontsize=8, loc="upper left")
     prov = data["provenance"]
-    fig.suptitle(f"Memory traffic counted in the simulator: B=H=1, D={d}, {data['dtype']}, each rung "
-                 f"at its simulator tiles ({prov['date'][:10]})", fontsize=11)
+    fig.suptitle(f"Memory traffic counted in Numba's CUDA simulator: B = H = 1, D = {d}, "
+                 f"{data['dtype']}, each rung at its simulator tiles ({prov['date'][:10]})",
+                 fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
