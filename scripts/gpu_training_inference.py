@@ -27,7 +27,6 @@ simulator (no GPU) it runs tiny versions of the checks and no timing, to test th
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -400,7 +399,7 @@ def fwd_bwd_points(p: Problem, label: str, what=("flash2", "sdpa-flash", "torch-
                                       lambda: torch_peak(lambda: f_std(q, k, v)), {"pass": "forward"}))
         points.append(train_point(p, label, "torch-standard", grad_of(f_std), lambda: torch_peak(grad_of(f_std)),
                                   {"pass": "forward+backward"}))
-    del q, k, v, do, tq, tk, tv, sdpa_grads_
+    q = k = v = do = tq = tk = tv = sdpa_grads_ = None  # free the tensors now (closures hold names)
     free_torch()
     return points
 
@@ -514,7 +513,7 @@ def seed_inference():
             points.append(point)
         log("seed-inference", n, [(x["kernel"], round(x["timing"]["median_ms"], 4)) for x in points[-4:]],
             f"float64 err {err:.1e}")
-        del q, k, v, k_cache, v_cache, o, lse, args, pool
+        q = k = v = k_cache = v_cache = o = lse = args = pool = None  # free before the next context
         free_torch()
     meta = {"config": "one decode step of one attention layer at Llama-2-7B's shape: B=1, 1 new token, 32 "
                       "heads, D=128, float16, paged cache (block 16, shuffled physical blocks); tokens/s = "

@@ -3,8 +3,6 @@ tables (shuffled, non-contiguous physical blocks, partial last blocks, block siz
 the lengths, spare blocks and table entries poisoned), GQA/MQA, several new tokens, masks; and the
 validation of block tables before any launch."""
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
