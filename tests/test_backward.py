@@ -103,3 +103,21 @@ def test_backward_validation():
                           np.zeros((1, 2, 8), np.float32), np.ones((1, 2, 8, 24), np.float32))
     with pytest.raises(ValueError, match="unknown config"):
         training.backward(q, k, v, o, lse, do, config={"Bx": 4})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(workbench.mode() != "gpu", reason="needs a CUDA GPU (and torch)")
+def test_autograd_function_matches_sdpa_gradients():
+    torch = pytest.importorskip("torch")
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    p = Problem(2, 4, 2, 70, 70, 32, "float32", causal=True)
+    q, k, v, do = training.make_grad_inputs(p, seed=9)
+    grads = []
+    for fn in (lambda a, b, c: training.flash_attention(a, b, c, causal=True),
+               lambda a, b, c: sdpa(a, b, c, is_causal=True, enable_gqa=True)):
+        t = [torch.tensor(x, device="cuda", requires_grad=True) for x in (q, k, v)]
+        fn(*t).backward(torch.tensor(do, device="cuda"))
+        grads.append([x.grad.cpu().numpy() for x in t])
+    for ours, theirs in zip(*grads):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)
