@@ -106,7 +106,7 @@ def compare(report: Report, out, lse, ref_o, ref_lse) -> Report:
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         report.failures.append(
             f"{int(bad.sum())} elements off by more than {tol.atol:.0e} + {tol.rtol:.0e}·|ref| "
-            f"(first at {first}: {out[first]!r} vs {ref_o[first]!r})"
+            f"(first at {first}: {float(out[first]):.7g} vs {float(ref_o[first]):.7g})"
         )
     if lse is not None:
         lse = np.asarray(lse, dtype=np.float64)
