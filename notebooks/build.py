@@ -484,8 +484,9 @@ NOTEBOOKS["02-tiled"] = [
 
     `traffic_model.requested` counts, per array, the bytes each rung's loads and stores ask for. The heat
     map shows how many times each array crosses the bus: Q, K and V now travel N/T times instead of
-    N times (T = 16 at the GPU's default). S/P does not improve: it is still written once, read three
-    times by the softmax and ⌈D/T⌉ times by `pv`. That is rung 3's target.
+    N times (T = 16 at the GPU's default). S/P barely improves: it is still written as S, read three
+    times and written again as P by the softmax, and read ⌈D/T⌉ times by `pv` (rung 1: D times).
+    That N² traffic is rung 3's target.
     """),
     code("""
     diagrams.traffic_table(Problem(8, 32, 32, 4096, 4096, 64, "float32"), rungs=("naive", "tiled"))
@@ -498,7 +499,7 @@ NOTEBOOKS["02-tiled"] = [
     the simulator's small tiles, and here two more, on a length that is not a multiple of the tile.
     """),
     code("""
-    problem = Problem(1, 2, 2, 19, 19, 16) if SIM else Problem(1, 8, 8, 1023, 1023, 64)
+    problem = Problem(1, 2, 2, 13, 13, 16) if SIM else Problem(1, 8, 8, 1023, 1023, 64)
     for cfg in ({"tile": 4, "softmax_threads": 4}, {"tile": 8, "softmax_threads": 8}) if SIM else ({"tile": 8}, {"tile": 32}):
         print(cfg, check("tiled", problem, seed=3, config=cfg))
     """),
@@ -966,8 +967,17 @@ NOTEBOOKS["05-scaling-and-memory"] = [
     md("""
     ## The memory model at the page's sizes
 
-    Our memory model (inputs, outputs and each rung's scratch) at the page's rows, beside the page.
-    In the simulator the rungs can still be *verified* at a tiny size, which `measure` does first:
+    Our memory model is the call's own arrays plus each rung's scratch, from the rung's
+    `workspace_bytes` (naive: the N² matrix; flash2: nothing):
+    """),
+    code("""
+    course.show(memory.model_bytes, numbers=False)
+    course.show(get("naive").module.workspace_bytes, numbers=False)
+    course.show(get("flash2").module.workspace_bytes, numbers=False)
+    """),
+    md("""
+    At the page's rows, beside the page (in the simulator the rungs are first *verified* at a tiny
+    size, which `measure` does):
     """),
     code("""
     tiny = [Problem(1, 2, 2, 16, 16, 16, "float16")] if SIM else []
