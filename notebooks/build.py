@@ -339,13 +339,13 @@ NOTEBOOKS["01-naive"] = [
     inputs, NaN-poisoned outputs, two launches compared bit for bit):
     """),
     code("""
-    problem = Problem(1, 2, 2, 20, 20, 16) if SIM else Problem(1, 8, 8, 1024, 1024, 64)
+    problem = Problem(1, 2, 2, 16, 16, 16) if SIM else Problem(1, 8, 8, 1024, 1024, 64)
     q, k, v = problem.make_inputs(seed=0)
     o, lse = workbench.attention(q, k, v, kernel="naive", return_lse=True)
     o_ref, lse_ref = reference.attention(q, k, v)
     print(problem.describe(), " max |O error|:", np.abs(o - o_ref).max(), " max |LSE error|:", np.abs(lse - lse_ref).max())
     print(check("naive", problem, seed=1))
-    print(check("naive", Problem(1, 2, 2, 13, 21, 16, causal=True) if SIM else Problem(1, 8, 8, 1000, 2049, 64, causal=True), seed=2))  # Nq != Nkv, causal
+    print(check("naive", Problem(1, 1, 1, 13, 21, 16, causal=True) if SIM else Problem(1, 8, 8, 1000, 2049, 64, causal=True), seed=2))  # Nq != Nkv, causal
     """),
     md("""
     ## The N² buffer
@@ -499,7 +499,7 @@ NOTEBOOKS["02-tiled"] = [
     the simulator's small tiles, and here two more, on a length that is not a multiple of the tile.
     """),
     code("""
-    problem = Problem(1, 2, 2, 13, 13, 16) if SIM else Problem(1, 8, 8, 1023, 1023, 64)
+    problem = Problem(1, 1, 1, 13, 13, 16) if SIM else Problem(1, 8, 8, 1023, 1023, 64)
     for cfg in ({"tile": 4, "softmax_threads": 4}, {"tile": 8, "softmax_threads": 8}) if SIM else ({"tile": 8}, {"tile": 32}):
         print(cfg, check("tiled", problem, seed=3, config=cfg))
     """),
