@@ -7,7 +7,7 @@
    segment and the warp (32, 33, −1, random), partial masks, exited lanes and a partial last warp
    (48-thread blocks); int32 and float32. Each lane is compared with NumPy's PTX semantics
    (workbench.sim.warps.reference_shfl) where the result is defined.
-2. The same probes (a subset: widths 1, 8, 32) in Numba's simulator, in a subprocess, compared
+2. The same probes (a subset: widths 1 and 16, Numba's own, ballot) in Numba's simulator, in a subprocess, compared
    lane by lane with the GPU's results: the simulator must give the hardware's bits wherever the
    result is defined.
 3. The warp-shuffle softmax (workbench.kernels.warp_softmax) on the GPU and in the simulator on the
@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-SIM_WIDTHS = (1, 8, 32)
+SIM_WIDTHS = (1, 16)  # with Numba's own shuffles (width 32) and ballot_sync
 SOFTMAX_CASES = ((32, 64), (8, 40), (4, 12))  # (lanes per row, threads per block)
 
 

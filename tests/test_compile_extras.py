@@ -68,7 +68,7 @@ def test_inspect_occupancy_ptx_and_sass(tmp_path):
 def test_warp_kernels_compile_for_sm90_with_hardware_segments():
     """shfl_up(width=8) passes c = (32 - 8) << 8 to PTX shfl.sync, shfl_xor(width=16)
     c = 16 << 8 | 31 — the segment is the hardware's, not arithmetic around a full-warp shuffle;
-    the warp softmax's reductions are shfl.sync.bfly."""
+    the warp softmax's reductions are shfl.sync.bfly; the probes of Numba's own intrinsics compile."""
     script = textwrap.dedent("""
         import re, workbench
         from numba import cuda, types
@@ -82,6 +82,11 @@ def test_warp_kernels_compile_for_sm90_with_hardware_segments():
             (reg,) = re.findall(r"shfl\\.sync\\.\\w+\\.b32\\s+\\S+, \\S+, \\S+, (%r\\d+)", ptx)
             assert re.search(r"mov\\.u32\\s+" + reg + ", " + str(c) + ";", ptx), (mode, width)
         f32 = types.float32
+        sig_f32 = (f32[:, :], i32[:, :], u32[:], i32[:], f32[:, :])
+        for kernel in (*probes.NUMBA_PROBES.values(), probes.shuffle_probe(BFLY, 4)):
+            cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))  # Numba's own shuffles (width 32)
+            cuda.compile_ptx(kernel.py_func, sig_f32, cc=(9, 0))
+        cuda.compile_ptx(probes.ballot_probe.py_func, sig, cc=(9, 0))
         ptx, _ = cuda.compile_ptx(warp_softmax.build(8).py_func, (f32[:, :], f32[:, :], f32[:]),
                                   cc=(9, 0))
         assert len(re.findall(r"shfl\\.sync\\.bfly\\.b32", ptx)) >= 6, ptx

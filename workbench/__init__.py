@@ -17,6 +17,14 @@ if select_mode() == "simulator":
 from .api import attention  # noqa: E402
 from .kernels import LADDER  # noqa: E402
 from .problem import Problem  # noqa: E402
-from .sim.traffic import traffic  # noqa: E402  (memory traffic, counted in the simulator)
+
+
+def traffic(kernel, problem, config=None, seed: int = 0):
+    """Memory traffic of one call of rung `kernel` on `problem`, counted in the simulator (bytes
+    per array and launch, device and shared memory): see workbench.sim.traffic."""
+    from .sim.traffic import traffic as count  # imported here: `python -m workbench.sim.traffic`
+
+    return count(kernel, problem, config, seed)
+
 
 __all__ = ["attention", "LADDER", "Problem", "mode", "traffic"]
