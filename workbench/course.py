@@ -9,6 +9,11 @@ Measurements follow one rule: on a GPU (`simulator()` is False) a notebook measu
 measured as JSON with provenance when `WORKBENCH_NOTEBOOK_OUT` names a folder
 (scripts/run_notebooks.py sets it). Without a GPU it loads what was measured on the H100 from
 figures/h100/ (`committed(...)`) and says so (`source_line(...)`).
+
+Pictures are drawn by workbench.diagrams (figures the notebook shows with plt.show()) and
+workbench.plots (PNG files, shown with `show_png`). Import this module before workbench.plots in a
+notebook: plots selects matplotlib's Agg backend, which would stop Jupyter showing figures, and
+this module imports plots in a way that keeps the notebook's backend.
 """
 
 from __future__ import annotations
@@ -101,19 +106,12 @@ def _where(obj) -> str:
     return f"{path}, lines {start}-{start + len(lines) - 1}"
 
 
-def show(obj, *, numbers: bool = True, docstring: bool = True):
-    """Print the source of a package function, class or module as it is on disk, with its place.
-    docstring=False leaves out a leading docstring (the code alone)."""
+def show(obj, *, numbers: bool = True):
+    """Print the source of a package function, class, module or kernel as it is on disk, headed by
+    its file and line numbers."""
     obj = _unwrap(obj)
     lines, start = inspect.getsourcelines(obj)
     start = max(start, 1)
-    text = "".join(lines)
-    if not docstring:
-        doc = inspect.getdoc(obj)
-        if doc and inspect.ismodule(obj):
-            end = text.find('"""', text.find('"""') + 3) + 3
-            skipped = text[:end].count("\n") + 1
-            lines, start = lines[skipped:], start + skipped
     print(f"# {_where(obj)}")
     for n, line in enumerate(lines, start):
         print(f"{n:4d}  {line}" if numbers else line, end="")
