@@ -237,3 +237,53 @@ def test_import_guard_stops_what_gets_past_the_rules():
             exec("import workbench.reference", scope)
         exec("import workbench.reference", {"__name__": "someone_else"})  # only the submission
     exec("from workbench.kernels import online", scope)  # the guard is gone again
+
+
+# --- what only a GPU runs, exercised here with a stand-in for the CUDA-event timer -------------
+
+
+def test_gpu_plans_fit_the_h100_limits():
+    from workbench.harness import runner
+    from workbench.kernels import get as get_rung
+
+    for a in A.ASSIGNMENTS:
+        for t in A.plan_tests(a, SEED, simulator=False):
+            runner.check_config(get_rung(a.rung), t.problem, t.config)  # ValueError if not
+            if t.kind == "hidden":
+                assert t.problem.seq_q > 64 and t.problem.seq_q % 4  # past one tile, not a multiple
+
+
+def fake_time_call(fn, *, setup=None, repeat=5, **_):
+    """time_call's protocol (setup before every call, warm-up included) without CUDA events."""
+    from workbench.harness.timing import summarize
+
+    for _ in range(repeat):
+        if setup is not None:
+            setup()
+        fn()
+    return summarize([1.0, 1.1, 0.9])
+
+
+@pytest.mark.parametrize("name, passes", [("reference", True), ("times a cached result", False)])
+def test_timed_repeat_verifies_every_call_and_times_the_reference(name, passes, tmp_path, monkeypatch):
+    from workbench.harness import runner, timing
+    from workbench.kernels import get as get_rung
+
+    monkeypatch.setattr(timing, "time_call", fake_time_call)
+    a = A.get("online-softmax")
+    folder = submission(tmp_path, *([] if passes else ADVERSARIAL[name][0]))
+    ref = get_rung(a.rung)
+    config = runner.merged_config(ref, a.sim_config)
+    test = A.Test("repeat", "repeat", A._p(1, 2, 1, 9, 9, 8, causal=True), 3, config, 2, seed2=4)
+    name_ = f"{A.SUBMISSION_MODULE}_timed_{name.replace(' ', '_')}"
+    with A.import_guard(name_):
+        rung = A.load_submission(folder / a.module_file, name_)
+        arrays, meta = A.run_repeat(rung, test, ref)
+    assert meta["calls"] == 6 and len(meta["reference_ms"]) == 2 and meta["timing"]["median_ms"] == 1.0
+    messages = A.judge(test, arrays, meta)
+    perf = A.performance(a, meta, gate=not messages)
+    if passes:
+        assert messages == [] and perf["credit"] == 1.0 and perf["points"] == a.perf_points
+    else:
+        assert any("reuse a result from an earlier call" in m for m in messages)
+        assert perf["points"] == 0
