@@ -294,7 +294,10 @@ def student_source(a: Assignment, text: str | None = None) -> str:
     for r in regions(text, a.module_file):
         out += lines[n:r.begin]
         if r.tag == a.tag:
-            out += [f"{r.indent}{STUB}: {a.hints[k]}", f"{r.indent}{RAISE}"]
+            hint = textwrap.wrap(f"{STUB}: {a.hints[k]}", 99 - len(r.indent) - 2,
+                                 subsequent_indent="  ")
+            out += [f"{r.indent}{hint[0]}"] + [f"{r.indent}# {line}" for line in hint[1:]]
+            out.append(f"{r.indent}{RAISE}")
             k += 1
         else:
             out += lines[r.begin + 1:r.end]
@@ -310,7 +313,7 @@ def complete_source(a: Assignment) -> str:
                                        if not (_BEGIN.match(line) or _END.match(line))) + "\n")
 
 
-_STUB_AT = re.compile(rf"^([ \t]*){re.escape(STUB)}.*\n\1{re.escape(RAISE)}[ \t]*\n", re.M)
+_STUB_AT = re.compile(rf"^([ \t]*){re.escape(STUB)}.*\n(?:\1#.*\n)*\1{re.escape(RAISE)}[ \t]*\n", re.M)
 
 
 def fill_text(text: str, bodies: list[str]) -> str:
@@ -330,14 +333,14 @@ def fill_text(text: str, bodies: list[str]) -> str:
 
 
 def _test_file(a: Assignment) -> str:
-    cases = "\n".join(f"    # public-{i + 1}: {p.describe()}, seed {PUBLIC_SEED + i}"
+    cases = "\n".join(f"- public-{i + 1}: {p.describe()}, seed {PUBLIC_SEED + i}"
                       for i, p in enumerate(a.public))
     names = [f"public-{i + 1}" for i in range(len(a.public))] + ["repeat"]
     return f'''"""Public tests of assignment {a.name!r}: run `pytest` in this folder.
 
 The cases (the grader runs them with fresh seeds, beside hidden tests of other shapes):
 {cases}
-    # repeat: the same arrays called again and again, then new inputs in the same arrays
+- repeat: the same arrays called again and again, then new inputs in the same arrays
 """
 
 from pathlib import Path
@@ -399,13 +402,13 @@ Nq ≠ Nkv, grouped heads, float16, masks, other tile sizes), in a separate proc
 limit, at the reference rung's tile sizes. Each test fills O and LSE with NaN before each launch,
 launches twice (the two results must agree bit for bit), checks that q, k and v are unchanged,
 and compares with a float64 NumPy reference (float32: relative error ≤ 2e-5 and
-|err| ≤ 1e-5 + 1e-4·|ref| per element; float16: 2e-3 and 1e-3 + 4e-3·|ref|). Public tests are
-worth {WEIGHTS["public"] * a.scale}, hidden {WEIGHTS["hidden"] * a.scale}, repeat {WEIGHTS["repeat"] * a.scale}.
+|err| ≤ 1e-5 + 1e-4·|ref| per element; float16: 2e-3 and 1e-3 + 4e-3·|ref|). Points: a public
+test {WEIGHTS["public"] * a.scale}, a hidden test {WEIGHTS["hidden"] * a.scale}, repeat {WEIGHTS["repeat"] * a.scale}.
 
-On a GPU, when every test passes, your rung and the reference are timed in the same process on
-{a.perf.describe()}: with r = your time / the reference's, you get all {a.perf_points} performance
-points for r ≤ {FULL_CREDIT_RATIO}, and {FULL_CREDIT_RATIO} / r of them beyond. Every timed call's
-output is checked too.
+{textwrap.fill(f"On a GPU, when every test passes, your rung and the reference are timed in the "
+               f"same process on {a.perf.describe()}: with r = your time / the reference's, you "
+               f"get all {a.perf_points} performance points for r ≤ {FULL_CREDIT_RATIO}, and "
+               f"{FULL_CREDIT_RATIO} / r of them beyond. Every timed call's output is checked too.", 100)}
 
 ## Rules
 
@@ -916,7 +919,7 @@ def _run_worker(plan: dict, work: Path, timeout: float) -> dict:
 
 
 def default_timeout(simulator: bool) -> float:
-    return 600.0 if simulator else 900.0
+    return 600.0 if simulator else 300.0
 
 
 def grade(folder, assignment: str | None = None, seed: int | None = None,
