@@ -727,11 +727,8 @@ def worker(plan_path):
     plan = json.loads(Path(plan_path).read_text())
     out = Path(plan["out"])
     progress = out / "progress"
-    import workbench  # noqa: F401  (selects the simulator when there is no GPU)
-    from .harness import device
+    from .harness import device, runner  # (the package's import chose simulator or GPU)
     from .kernels import get as get_rung
-
-    from .harness import runner
 
     ref = get_rung(plan["rung"])  # held before the submission is loaded
     tests = [Test.from_json(t) for t in plan["tests"]]
@@ -959,7 +956,8 @@ def grade(folder, assignment: str | None = None, seed: int | None = None,
     public_ok = all(not results[t.name] for t in tests if t.kind == "public")
     for t in tests:
         msgs = results[t.name]
-        if msgs and t.kind == "hidden" and public_ok and not any(m.startswith("not run") for m in msgs):
+        ran = not any(m.startswith(("not run", "not finished")) for m in msgs)
+        if msgs and t.kind == "hidden" and public_ok and ran:
             msgs = [f"this hidden test ({t.problem.describe()}) fails while the public ones pass: "
                     f"does your code assume the public tests' shapes, tiles or seeds?"] + msgs
         passed = not msgs
