@@ -80,7 +80,46 @@ def ladder_table(folder, dtype="float32", seq=4096) -> str:
     return "\n".join(rows) + note
 
 
-TABLES = {"speed": speed_table, "ladder": ladder_table}
+def _peak(points, kernel, batch, seq, dim):
+    for p in points:
+        if (p["kernel"], p["batch"], p["seq_q"], p["head_dim"]) == (kernel, batch, seq, dim):
+            if p["status"] == "OOM":
+                return "OOM"
+            return (p.get("memory") or {}).get("peak_MiB")
+    return None
+
+
+def memory_table(folder) -> str:
+    """The page's memory tables (B=8 H=32 D=64, and Llama-2-7B's attention at B=1) beside measured
+    peaks, in MiB (the page's MB and GB read as MiB and GiB: its KV column is exact that way)."""
+    data = _load(folder, "seed-memory")
+    pts, prov = data["points"], data["provenance"]
+    def claims(key, column):  # MiB, or the page's own words where it gives no number ("OOM")
+        return {n: seed.mib(cell) if seed.mib(cell) is not None else cell
+                for n, cell in seed.table(key).series(column, str)}
+
+    std, fa2 = claims("memory-standard", "Total"), claims("memory-flash2", "Total")
+    l_std = claims("llama2-7b-memory", "Standard Attention")
+    l_fa2 = claims("llama2-7b-memory", "Flash Attention 2")
+    rows = ["| problem | seq | page Standard | naive rung | torch standard | page FA2 | flash2 rung "
+            "| SDPA flash |", "|---|---|---|---|---|---|---|---|"]
+    for label, batch, dim, claims in (("B=8 H=32 D=64", 8, 64, (std, fa2)),
+                                      ("Llama-2-7B layer, B=1 H=32 D=128", 1, 128, (l_std, l_fa2))):
+        seqs = sorted({p["seq_q"] for p in pts if p["batch"] == batch and p["head_dim"] == dim})
+        for n in seqs:
+            rows.append("| " + " | ".join([
+                label, str(n), _fmt(claims[0].get(n)), _fmt(_peak(pts, "naive", batch, n, dim)),
+                _fmt(_peak(pts, "torch-standard", batch, n, dim)), _fmt(claims[1].get(n)),
+                _fmt(_peak(pts, "flash2", batch, n, dim)), _fmt(_peak(pts, "sdpa-flash", batch, n, dim))])
+                + " |")
+    note = (f"\n\nPeak device memory of one forward call in MiB, float16: inputs, output and every byte "
+            f"the call allocates (for our rungs checked against the driver's free-memory reading). "
+            f"On {prov['device']} ({prov['date'][:10]}; `{prov['command']}`). "
+            f"From `figures/{os.path.basename(folder.rstrip('/'))}/seed-memory.json`.")
+    return "\n".join(rows) + note
+
+
+TABLES = {"speed": speed_table, "memory": memory_table, "ladder": ladder_table}
 
 
 def render(folder) -> dict:
