@@ -115,7 +115,8 @@ def test_reference_in_row_chunks_matches_whole(monkeypatch):
     monkeypatch.setattr(reference, "ROW_CHUNK_ELEMENTS", 1000)  # 5 rows per chunk
     chunked = reference.attention(q, k, v, causal=True, window=(50, -1))
     np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-13, atol=1e-15)
-    np.testing.assert_array_equal(chunked[1], whole[1])
+    # BLAS may sum a 5-row block in another order than a 300-row one: equal to rounding, -inf alike
+    np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-13, atol=1e-15)
 
 
 def test_reference_of_sampled_rows_equals_those_rows_of_the_whole():

@@ -321,7 +321,8 @@ def _function():
 
         @staticmethod
         def backward(ctx, do):
-            q, k, v, o, lse = ctx.saved_tensors
+            # o is this Function's output, so torch hands it back requiring grad: detach all.
+            q, k, v, o, lse = (x.detach() for x in ctx.saved_tensors)
             causal, window, scale = ctx.mask
             dq, dk, dv = backward(q, k, v, o, lse, do.detach().contiguous(), causal=causal,
                                   window=window, scale=scale)
