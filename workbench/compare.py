@@ -4,8 +4,9 @@ verified against float64, and on a GPU timed and its memory measured.
 With no arguments: all rungs, on a problem that suits the mode — the seed page's config on a GPU
 (B=8, H=32, D=64, float32, seq 512..4096), a tiny one in the simulator (which measures no time).
 `--suite NAME` runs a named set of problems instead (workbench/suites.py) and `--out DIR` writes
-DIR/NAME.json, DIR/NAME.csv and the figures (DIR/NAME-*.png, workbench/plots.py). Exit status 1
-when any rung fails verification.
+DIR/NAME.json, DIR/NAME.csv and the figures (DIR/NAME-*.png, workbench/plots.py); the suites
+seed-training, seed-inference and seed-models (workbench/suites_training.py) write DIR/NAME.json
+and DIR/NAME.png. Exit status 1 when any rung fails verification.
 """
 
 from __future__ import annotations
@@ -351,6 +352,15 @@ def main(argv=None) -> int:
     global _STARTED
     _STARTED = time.perf_counter()
     args = parse_args(argv)
+    if args.suite in suites.TRAINING_INFERENCE:  # backward, decode, model shapes: their own module
+        from . import suites_training
+
+        if args.kernels or args.peers is not None:
+            print(f"--suite {args.suite} runs its own kernels and peers; drop --kernels/--peers "
+                  f"(--seq keeps some lengths)", file=sys.stderr)
+            return 2
+        return suites_training.run_suite(args.suite, args.out, args.json, args.seq_filter,
+                                         plots=not args.no_plots)
     runs = []  # (suite name or None, problems, kernels, peers, timed, all_heads, repeat)
     if args.suite:
         for name in (suites.SEED if args.suite == "seed" else (args.suite,)):

@@ -11,6 +11,8 @@ the memory model only), so the same command runs anywhere.
   (../shared/seed/flash-attention-benchmarks.md) re-measured on the GPU at hand, our rungs beside the
   real thing: "Standard" = the naive rung and torch standard attention, "Flash Attn 2" = the flash2
   rung and SDPA's flash backend, FA3-class = SDPA's cuDNN backend. `seed` runs all four.
+- `seed-training`, `seed-inference`, `seed-models`: the page's training, decode and model tables
+  (workbench/suites_training.py: forward+backward, decode over a paged KV cache, model shapes).
 """
 
 from __future__ import annotations
@@ -106,8 +108,12 @@ def get(name: str, simulator: bool) -> Suite:
         problems = _ladder((16, 33), 1, 2, 16) if simulator else _ladder(SEED_SEQS, 8, 32, 64)
         return Suite("ladder", "the seed config, seq swept: time and peak memory of every rung",
                      problems, timed=True, all_heads=False)
+    if name in TRAINING_INFERENCE:
+        raise ValueError(f"suite {name!r} is run by workbench.suites_training.run_suite, not suites.get")
     raise ValueError(f"unknown suite {name!r}; choose one of {NAMES}")
 
 
 SEED = ("seed-speed", "seed-memory", "seed-scaling", "seed-versions")
-NAMES = ("verify", "ladder", *SEED, "seed")
+# Issue 9's suites (training, decode, model shapes): run by workbench/suites_training.py, not `get`.
+TRAINING_INFERENCE = ("seed-training", "seed-inference", "seed-models")
+NAMES = ("verify", "ladder", *SEED, "seed", *TRAINING_INFERENCE)
