@@ -104,16 +104,7 @@ def timed(fn, repeat=5):
     return t.as_dict()
 
 
-def torch_peak(fn):
-    """Bytes torch allocates beyond what is held before one call (its allocator's peak)."""
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    out = fn()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - base
-    del out
-    return peak
+torch_peak = peers.torch_peak_bytes  # bytes torch allocates beyond what it held, one call
 
 
 def free_torch():

@@ -144,6 +144,11 @@ def peak_bytes(name: str, fn) -> int:
         cupy.cuda.Device().synchronize()
         held = pool.total_bytes()  # the pool keeps every block it needed until freed
         return held
+    return torch_peak_bytes(fn)
+
+
+def torch_peak_bytes(fn) -> int:
+    """Bytes torch's allocator takes beyond what it held before one call of `fn` (its peak)."""
     import torch
 
     torch.cuda.synchronize()
