@@ -484,6 +484,8 @@ def figure(data, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from . import plots
+
     pts = [p for p in data["points"] if p.get("tokens_per_s")]
     if not pts:
         return None
@@ -508,9 +510,7 @@ def figure(data, path):
     fig.suptitle(f"GPT-2-small shape, random weights, fp16, greedy, {data['method']['tokens']} tokens — {dev}",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return plots.save_figure(fig, path, dpi=120)
 
 
 def print_table(points):

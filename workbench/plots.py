@@ -294,11 +294,15 @@ def _legend(fig, kernels, extra=(), claims_labels=()):
                    fontsize=9, frameon=False)
 
 
-def _save(fig, path) -> str:
+def save_figure(fig, path, dpi=DPI) -> str:
+    """Write `fig` to `path` (making its folder) and close it: every figure of the project ends here."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return str(path)
+
+
+_save = save_figure
 
 
 def _draw_claims(ax, found: dict, claims_seen: dict):

@@ -522,6 +522,8 @@ def figures(s: Session, train, infer, models):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from . import plots
+
     timed_ = lambda pts: pts if pts and any(x.get("timing") for x in pts) else None  # noqa: E731
     train, infer, models = timed_(train), timed_(infer), timed_(models)
     dev = s.prov.get("device", "")
@@ -553,9 +555,7 @@ def figures(s: Session, train, infer, models):
         ax.set_title(f"Training, Llama-2-7B attention (H=32, D=128, fp16, causal) — {dev}", fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        written.append(os.path.join(s.out, "seed-training.png"))
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(plots.save_figure(fig, os.path.join(s.out, "seed-training.png"), dpi=120))
     if infer:
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for k in ("decode", "sdpa-flash", "torch-gather-sdpa", "torch-standard"):
@@ -572,9 +572,7 @@ def figures(s: Session, train, infer, models):
         ax.set_title(f"Decode, Llama-2-7B attention (B=1, H=32, D=128, fp16) — {dev}", fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        written.append(os.path.join(s.out, "seed-inference.png"))
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(plots.save_figure(fig, os.path.join(s.out, "seed-inference.png"), dpi=120))
     if models:
         fig, ax = plt.subplots(figsize=(9, 4.5))
         names = [m for m, _, _ in MODEL_ROWS if any(x.get("model") == m for x in models)]
@@ -589,9 +587,7 @@ def figures(s: Session, train, infer, models):
         ax.set_title(f"Attention layers at model shapes (fp16, causal; 0 = n/a or OOM) — {dev}", fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        written.append(os.path.join(s.out, "seed-models.png"))
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(plots.save_figure(fig, os.path.join(s.out, "seed-models.png"), dpi=120))
     return written
 
 

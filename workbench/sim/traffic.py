@@ -362,7 +362,7 @@ def plot(data: dict, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..plots import _overlap_size, style
+    from ..plots import _overlap_size, save_figure, style
     from ..problem import Problem
 
     points = data["points"]
@@ -417,9 +417,7 @@ def plot(data: dict, path: str) -> str:
                  f"{data['dtype']}, each rung at its simulator tiles ({prov['date'][:10]})",
                  fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def main(argv=None) -> int:
