@@ -15,7 +15,9 @@ from workbench.harness.device import H100
 def usage(tmp_path_factory):
     out = tmp_path_factory.mktemp("inspect") / "usage.json"
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
-    proc = subprocess.run([sys.executable, "-m", "workbench.inspect", "--json", str(out)],
+    # every dtype: a rung is compiled for those its needs() declare (bfloat16: flash2's uint16 bits)
+    proc = subprocess.run([sys.executable, "-m", "workbench.inspect", "--json", str(out),
+                           "--dtype", "float32", "float16", "bfloat16"],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
@@ -26,7 +28,8 @@ def test_every_rung_compiled(usage):
 
     assert {u["rung"] for u in usage} == {r.name for r in LADDER}
     assert {(u["dtype"], u["head_dim"]) for u in usage} == {
-        (t, d) for t in ("float32", "float16") for d in (64, 128)}
+        (t, d) for t in ("float32", "float16", "bfloat16") for d in (64, 128)}
+    assert "flash2" in {u["rung"] for u in usage if u["dtype"] == "bfloat16"}
 
 
 def test_no_spills_and_shared_memory_in_budget(usage):
@@ -39,10 +42,13 @@ def test_declared_shared_memory_is_what_the_compiler_allocated(usage):
     from workbench import LADDER, Problem
 
     for rung in LADDER:
-        for dtype in ("float32", "float16"):
+        for dtype in ("float32", "float16", "bfloat16"):
             for d in (64, 128):
                 p = Problem(8, 32, 32, 4096, 4096, d, dtype)
-                declared = rung.module.needs(p, rung.module.DEFAULT_CONFIG).shared_bytes
+                needs = rung.module.needs(p, rung.module.DEFAULT_CONFIG)
+                if dtype not in needs.dtypes:
+                    continue
+                declared = needs.shared_bytes
                 actual = max(u["shared_bytes"] for u in usage
                              if u["rung"] == rung.name and u["dtype"] == dtype and u["head_dim"] == d)
                 assert declared >= actual, (rung.name, dtype, d, declared, actual)

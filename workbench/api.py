@@ -5,6 +5,10 @@ Input kinds: NumPy arrays (copied to the device and back: returns NumPy), Numba 
 `__cuda_array_interface__` (returns the same kind, no host copies). Everything is checked before any
 launch; a problem gets a ValueError or TypeError that names the argument and the fix.
 
+bfloat16: NumPy arrays of `ml_dtypes.bfloat16` (returns the same) and torch.bfloat16 CUDA tensors
+(returns torch.bfloat16); the rung sees uint16 views of their bits (workbench/dtypes.py), and only
+rungs that declare bfloat16 take it. A plain uint16 or int16 array is not bfloat16 (TypeError).
+
 NaN and inf: NumPy inputs are scanned and refused (ValueError). Device inputs are not scanned (that
 would cost a pass over memory): a NaN there propagates into the rows that see it, as in PyTorch.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import dtypes
 from .harness import runner
 from .kernels import get
 from .problem import DTYPES, Problem
@@ -22,7 +27,9 @@ def _kind(x) -> str:
     if isinstance(x, np.ndarray):
         return "numpy"
     mod = type(x).__module__.split(".")[0]
-    if mod in ("torch", "cupy") and hasattr(x, "__cuda_array_interface__"):
+    if mod == "torch" and getattr(x, "is_cuda", False):  # (no CAI probe: bfloat16 tensors lack one)
+        return mod
+    if mod == "cupy" and hasattr(x, "__cuda_array_interface__"):
         return mod
     if type(x).__name__ in ("DeviceNDArray", "FakeCUDAArray"):  # FakeCUDAArray: the simulator's
         return "numba"
@@ -39,6 +46,8 @@ def _contiguous(x, kind) -> bool:
         return True  # copied to the device contiguously anyway
     if kind == "numba":
         return x.is_c_contiguous()
+    if kind == "torch":
+        return x.is_contiguous()
     cai = x.__cuda_array_interface__
     if cai.get("strides") is None:
         return True
@@ -54,11 +63,14 @@ def _problem_from(q, k, v, causal, window, scale) -> Problem:
     for name, x in (("q", q), ("k", k), ("v", v)):
         if len(x.shape) != 4:
             raise ValueError(f"{name} must be 4-D (batch, heads, seq, head_dim); got shape {tuple(x.shape)}")
-    dtypes = {np.dtype(x.dtype).name if not hasattr(x.dtype, "is_floating_point") else str(x.dtype).split(".")[-1]
-              for x in (q, k, v)}
-    if len(dtypes) > 1:
-        raise TypeError(f"q, k, v must share one dtype; got {sorted(dtypes)}: cast them to one of {DTYPES}")
-    dtype = dtypes.pop()
+    names = {dtypes.name_of(x) for x in (q, k, v)}
+    if len(names) > 1:
+        raise TypeError(f"q, k, v must share one dtype; got {sorted(names)}: cast them to one of {DTYPES}")
+    dtype = names.pop()
+    if dtype in ("uint16", "int16"):
+        raise TypeError(f"q, k, v are {dtype}, which is not taken for bfloat16 bits: pass NumPy arrays "
+                        f"of ml_dtypes.bfloat16 (x.view(ml_dtypes.bfloat16) if they hold its bits) or "
+                        f"torch.bfloat16 tensors, or cast to one of {DTYPES}")
     if dtype not in DTYPES:
         raise TypeError(f"dtype {dtype} is not supported; cast q, k, v to one of {DTYPES}")
     (b, h, nq, d), (bk, hk, nkv, dk) = tuple(q.shape), tuple(k.shape)
@@ -107,13 +119,14 @@ def attention(q, k, v, *, kernel="flash2", causal=False, window=None, scale=None
 
     from numba import cuda
 
+    io = dtypes.device_dtype(problem.dtype)  # bfloat16 travels as its uint16 bits
     if kind == "numpy":
-        dq, dk, dv = (cuda.to_device(np.ascontiguousarray(x)) for x in (q, k, v))
-        do = cuda.device_array(problem.q_shape, problem.dtype)
+        dq, dk, dv = (cuda.to_device(dtypes.to_bits(np.ascontiguousarray(x))) for x in (q, k, v))
+        do = cuda.device_array(problem.q_shape, io)
         dlse = cuda.device_array(problem.lse_shape, np.float32)
     elif kind == "numba":
-        dq, dk, dv = q, k, v
-        do = cuda.device_array(problem.q_shape, problem.dtype)
+        dq, dk, dv = (dtypes.device_view(x, kind) for x in (q, k, v))
+        do = cuda.device_array(problem.q_shape, io)
         dlse = cuda.device_array(problem.lse_shape, np.float32)
     else:  # torch or cupy: allocate in the caller's library, launch through the CUDA array interface
         if kind == "torch":
@@ -126,15 +139,16 @@ def attention(q, k, v, *, kernel="flash2", causal=False, window=None, scale=None
 
             o_user = cupy.empty_like(q)
             lse_user = cupy.empty(problem.lse_shape, dtype=cupy.float32)
-        dq, dk, dv, do, dlse = (cuda.as_cuda_array(x) for x in (q, k, v, o_user, lse_user))
+        dq, dk, dv, do = (dtypes.device_view(x, kind) for x in (q, k, v, o_user))
+        dlse = cuda.as_cuda_array(lse_user)
 
     runner.run(rung, problem, config, dq, dk, dv, do, dlse)
     cuda.synchronize()
 
     if kind == "numpy":
-        out, lse = do.copy_to_host(), dlse.copy_to_host()
+        out, lse = dtypes.from_bits(do.copy_to_host(), problem.dtype), dlse.copy_to_host()
     elif kind == "numba":
-        out, lse = do, dlse
+        out, lse = (do.view(q.dtype) if problem.dtype == "bfloat16" else do), dlse
     else:
         out, lse = o_user, lse_user
     return (out, lse) if return_lse else out

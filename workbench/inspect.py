@@ -125,7 +125,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workbench.inspect", description=__doc__.split("\n")[0])
     parser.add_argument("--kernels", default=None, help="comma-separated rung names (default: all)")
     parser.add_argument("--dim", type=int, nargs="+", default=[64, 128], help="head dims to compile")
-    parser.add_argument("--dtype", nargs="+", default=["float32", "float16"])
+    parser.add_argument("--dtype", nargs="+", default=["float32", "float16"],
+                        help="I/O dtypes (bfloat16 too); a rung is compiled for those it takes")
     parser.add_argument("--json", default=None, help="also write the table as JSON here")
     parser.add_argument("--ptx", metavar="DIR", default=None, help="write each kernel's PTX here")
     parser.add_argument("--sass", metavar="DIR", default=None,
@@ -150,15 +151,20 @@ def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from .harness.runner import default_config
     from .kernels import LADDER, get
     from .problem import Problem
 
     rungs = LADDER if not args.kernels else [get(n) for n in args.kernels.split(",")]
     rows: list[Usage] = []
+    skipped = []
     for rung in rungs:
         for dtype in args.dtype:
             for dim in args.dim:
                 problem = Problem(batch=8, heads=32, seq_q=4096, head_dim=dim, dtype=dtype)
+                if dtype not in rung.module.needs(problem, default_config(rung)).dtypes:
+                    skipped.append(f"{rung.name} {dtype}")  # (a dtype the rung does not take)
+                    break
                 rows += rung_usage(rung, problem, ptx_dir=args.ptx, sass_dir=args.sass)
 
     table = Table(title="Resource usage per kernel, compiled for sm_90 (H100 limits: 255 regs/thread, "
@@ -173,6 +179,8 @@ def main(argv=None) -> int:
                       f"[red]{u.spill_bytes}[/red]" if u.spill_bytes else "0", str(occ.blocks_per_sm),
                       str(occ.warps_per_sm), f"{occ.occupancy:.0%}", occ.limited_by)
     Console(width=None if sys.stdout.isatty() else 150).print(table)
+    if skipped:
+        print(f"not compiled (dtypes these rungs do not take): {', '.join(skipped)}")
     if args.json:
         import json
 

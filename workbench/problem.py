@@ -18,7 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DTYPES = ("float32", "float16")
+from .dtypes import host_dtype
+
+# I/O dtypes (accumulation is always float32). bfloat16 is ml_dtypes.bfloat16 on the host and reaches
+# a rung as uint16 bit patterns (workbench/dtypes.py); not every rung takes it (Needs.dtypes).
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _positive_int(name: str, value) -> int:
@@ -102,7 +106,7 @@ class Problem:
 
     @property
     def itemsize(self) -> int:
-        return np.dtype(self.dtype).itemsize
+        return host_dtype(self.dtype).itemsize
 
     # --- the mask -----------------------------------------------------------------------------
     def window_bounds(self) -> tuple[int, int]:
@@ -157,7 +161,8 @@ class Problem:
 
     # --- inputs -----------------------------------------------------------------------------
     def make_inputs(self, seed: int):
-        """Fresh standard-normal q, k, v in this problem's dtype (never zeros or ranges).
+        """Fresh standard-normal q, k, v in this problem's dtype (never zeros or ranges); bfloat16 as
+        ml_dtypes.bfloat16 arrays, the float32 draws rounded to nearest even.
 
         Each (tensor, batch, head) slice has its own stream spawned from `seed`, drawn on all cores:
         the result depends on the seed only, and the seed page's largest problems (3×10⁹ normals)
@@ -165,7 +170,7 @@ class Problem:
         from concurrent.futures import ThreadPoolExecutor
 
         shapes = (self.q_shape, self.kv_shape, self.kv_shape)
-        arrays = [np.empty(s, self.dtype) for s in shapes]
+        arrays = [np.empty(s, host_dtype(self.dtype)) for s in shapes]
         slices = [(a, b, h) for a in arrays for b in range(a.shape[0]) for h in range(a.shape[1])]
         streams = np.random.SeedSequence(seed).spawn(len(slices))
 

@@ -336,4 +336,7 @@ def _function():
 def flash_attention(q, k, v, *, causal=False, window=None, scale=None):
     """Attention of torch CUDA tensors through the flash2 rung, differentiable (q (B, H, Nq, D),
     k/v (B, Hkv, Nkv, D), float32 or float16): a drop-in for SDPA in a model that trains."""
+    if str(q.dtype) == "torch.bfloat16":  # refused before the forward runs, not after it
+        raise ValueError("flash_attention's backward (flash2_bwd) takes float32 and float16, not "
+                         "bfloat16: cast q, k, v (.half() or .float())")
     return _function().apply(q, k, v, causal, window, scale)

@@ -66,7 +66,7 @@ def build(name: str, p: Problem, q, k, v):
         return _cupy_standard(p, q, k, v)
     import torch
 
-    tq, tk, tv = (torch.as_tensor(x, device="cuda") for x in (q, k, v))
+    tq, tk, tv = (_torch_tensor(x, p) for x in (q, k, v))
     mask = _mask_numpy(p)
     tmask = None if mask is None else torch.as_tensor(mask, device="cuda")
     causal = p.causal and mask is None
@@ -94,6 +94,16 @@ def build(name: str, p: Problem, q, k, v):
     return call
 
 
+def _torch_tensor(x, p: Problem):
+    """A torch view of a device array; bfloat16 problems hold uint16 bits, viewed as torch.bfloat16
+    (through int16: every torch version takes int16 through the CUDA array interface)."""
+    import torch
+
+    if p.dtype != "bfloat16":
+        return torch.as_tensor(x, device="cuda")
+    return torch.as_tensor(x.view(np.int16), device="cuda").view(torch.bfloat16)
+
+
 def _torch_standard(p: Problem, q, k, v, mask, causal):
     """S = scale·QKᵀ, P = softmax(S), O = PV in the input dtype, as a model would write it."""
     import torch
@@ -112,6 +122,8 @@ def _torch_standard(p: Problem, q, k, v, mask, causal):
 def _cupy_standard(p: Problem, q, k, v):
     import cupy
 
+    if p.dtype == "bfloat16":
+        raise NotApplicable("cupy-standard is run in float32 and float16 only (no bfloat16 here)")
     cq, ck, cv = (cupy.asarray(x) for x in (q, k, v))
     mask = _mask_numpy(p)
     if mask is None and p.causal:
@@ -163,6 +175,12 @@ def torch_peak_bytes(fn) -> int:
 
 def to_numpy(out) -> np.ndarray:
     if hasattr(out, "detach"):
+        import torch
+
+        if out.dtype == torch.bfloat16:  # NumPy has no bfloat16: its bits, as ml_dtypes.bfloat16
+            from ..dtypes import from_bits
+
+            return from_bits(out.detach().view(torch.int16).cpu().numpy().view(np.uint16), "bfloat16")
         return out.detach().cpu().numpy()
     import cupy
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..dtypes import device_dtype
 from . import device
 
 
@@ -28,6 +29,7 @@ class Needs:
     shared_bytes: int = 0  # static shared memory of its largest kernel, per block
     head_dims: tuple[int, ...] | None = None  # supported D (None: any)
     rules: dict = field(default_factory=dict)  # {"Br is a multiple of 4": bool, ...}
+    dtypes: tuple[str, ...] = ("float32", "float16")  # I/O dtypes it takes (bfloat16: as uint16 bits)
 
 
 class Placeholder:
@@ -171,10 +173,11 @@ def merged_config(rung, config) -> dict:
 
 def plan(rung, problem, config: dict) -> list[Launch]:
     """Every launch the rung would make for this problem, with nothing allocated or launched."""
-    q = Placeholder(problem.q_shape, problem.dtype)
-    k = Placeholder(problem.kv_shape, problem.dtype)
-    v = Placeholder(problem.kv_shape, problem.dtype)
-    o = Placeholder(problem.q_shape, problem.dtype)
+    io = device_dtype(problem.dtype)  # bfloat16 arrives as uint16 bits
+    q = Placeholder(problem.q_shape, io)
+    k = Placeholder(problem.kv_shape, io)
+    v = Placeholder(problem.kv_shape, io)
+    o = Placeholder(problem.q_shape, io)
     lse = Placeholder(problem.lse_shape, np.float32)
     gpu = Launcher(live=False)
     rung.module.launch(problem, config, q, k, v, o, lse, gpu)
@@ -189,6 +192,11 @@ def check_config(rung, problem, config=None, planner=None) -> dict:
     needs: Needs = rung.module.needs(problem, cfg)
     facts = device.facts()
     where = f"kernel {rung.name!r} with config {cfg}"
+    if problem.dtype not in needs.dtypes:
+        raise ValueError(
+            f"kernel {rung.name!r} takes dtypes {needs.dtypes}, not {problem.dtype!r}: cast the inputs "
+            f"to one of them{_who_takes(problem)}"
+        )
     if needs.head_dims is not None and problem.head_dim not in needs.head_dims:
         raise ValueError(
             f"{where} supports head_dim in {needs.head_dims}, not {problem.head_dim}"
@@ -213,6 +221,20 @@ def check_config(rung, problem, config=None, planner=None) -> dict:
                 f"must be 1..{facts.max_grid_yz}: use a smaller batch·heads or sequence"
             )
     return cfg
+
+
+def _who_takes(problem) -> str:
+    """The tail of check_config's dtype message: the forward rungs that take this dtype."""
+    from ..kernels import LADDER
+
+    names = []
+    for rung in LADDER:
+        try:
+            if problem.dtype in rung.module.needs(problem, default_config(rung)).dtypes:
+                names.append(rung.name)
+        except Exception:  # noqa: BLE001 - a rung that cannot judge this problem does not take it
+            pass
+    return f" (the forward kernels that take {problem.dtype}: {', '.join(names)})" if names else ""
 
 
 def run(rung, problem, config: dict, q, k, v, o, lse, pool: Pool | None = None) -> Launcher:

@@ -2,7 +2,7 @@
 
 The procedure (METHOD.md of the device tool):
 1. fresh standard-normal inputs from `seed`, and the float64 NumPy reference on exactly those inputs
-   (float16 inputs are upcast exactly, so the reference sees what the kernel sees);
+   (float16 and bfloat16 inputs are upcast exactly, so the reference sees what the kernel sees);
 2. O and LSE poisoned with NaN before each launch, so an element the kernel never writes fails;
 3. two launches on the same inputs must agree bit for bit (a difference is a race), and the inputs
    must be bit for bit what they were (a kernel never writes q, k or v);
@@ -14,6 +14,11 @@ Tolerances (per I/O dtype; accumulation is always float32):
   float32 arithmetic with sums of up to ~10⁴ terms lands near 1e-6; an all-zeros output scores 1.0.
 - float16: rel-Frobenius <= 2e-3, |err| <= 1e-3 + 4e-3·|ref|, |LSE err| <= 1e-3.
   Rounding the output to float16 alone costs ~2.8e-4 relative (unit roundoff 2⁻¹¹ / √3).
+- bfloat16: rel-Frobenius <= 1.6e-2, |err| <= 8e-3 + 3.2e-2·|ref|, |LSE err| <= 1e-3.
+  bfloat16 keeps 8 significant bits, so its unit roundoff is u = 2⁻⁸ ≈ 3.9e-3, 8× float16's 2⁻¹¹:
+  rounding O alone costs ~u/√3 ≈ 2.3e-3 relative and up to u per element. The float16 rule scaled
+  by that 8× gives the O bounds (still ~7× the rounding of O, as float16's are); the inputs are
+  exact in the reference, and LSE is float32 arithmetic on exact inputs, so its bound is float16's.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import reference
+from .. import dtypes, reference
 from ..kernels import get
 from ..problem import Problem
 from . import runner
@@ -40,6 +45,7 @@ class Tolerance:
 TOLERANCE = {
     "float32": Tolerance(rel_fro=2e-5, atol=1e-5, rtol=1e-4, lse_atol=1e-4),
     "float16": Tolerance(rel_fro=2e-3, atol=1e-3, rtol=4e-3, lse_atol=1e-3),
+    "bfloat16": Tolerance(rel_fro=1.6e-2, atol=8e-3, rtol=3.2e-2, lse_atol=1e-3),
 }
 
 
@@ -127,9 +133,10 @@ def compare(report: Report, out, lse, ref_o, ref_lse) -> Report:
 
 
 def _poisoned(shape, dtype):
+    """A device array of NaN in I/O dtype `dtype` (bfloat16: NaN's bits, as the rung sees them)."""
     from numba import cuda
 
-    return cuda.to_device(np.full(shape, np.nan, dtype=dtype))
+    return cuda.to_device(dtypes.to_bits(np.full(shape, np.nan, dtype=dtypes.host_dtype(dtype))))
 
 
 def sampled_reference(problem: Problem, q, k, v, pairs, rows=None):
@@ -216,7 +223,7 @@ class Launches:
 
 def changed_elements(device_array, host_array) -> int:
     """Elements of `device_array` that differ bit for bit from `host_array`."""
-    now = device_array.copy_to_host()
+    now = device_array.copy_to_host()  # (bfloat16: the uint16 bits)
     bits = f"u{host_array.dtype.itemsize}"
     return int(np.count_nonzero(now.view(bits) != host_array.view(bits)))
 
@@ -228,14 +235,14 @@ def launch_poisoned(rung, problem: Problem, cfg: dict, q, k, v, launches: int = 
     file."""
     from numba import cuda
 
-    dq, dk, dv = (cuda.to_device(x) for x in (q, k, v))
+    dq, dk, dv = (cuda.to_device(dtypes.to_bits(x)) for x in (q, k, v))
     result = Launches(outputs=[])
     for _ in range(launches):
         do = _poisoned(problem.q_shape, problem.dtype)
         dlse = _poisoned(problem.lse_shape, np.float32)
         ran = runner.run(rung, problem, cfg, dq, dk, dv, do, dlse)
         cuda.synchronize()
-        result.outputs.append((do.copy_to_host(), dlse.copy_to_host()))
+        result.outputs.append((dtypes.from_bits(do.copy_to_host(), problem.dtype), dlse.copy_to_host()))
         result.workspace_bytes = ran.workspace_bytes
         del do, dlse, ran  # the next launch gets fresh scratch, not this one's (nor room for both)
         runner.release_memory()

@@ -85,8 +85,9 @@ becomes 32 and the CTA has 64 threads. Q_i, the K/V tile, P and the row scratch 
 Masks (bottom-right causal, windows) and GQA as in rung 1. K/V loads past Nkv are zero-filled and
 those keys masked, and Q rows past Nq are zero and never stored, so any length works. A row that
 sees no key keeps m = -inf and l = 0. Its exponent uses 0 in place of m (never exp(-inf − -inf)),
-and it ends with O = 0 and LSE = -inf. Float16 inputs are converted to float32 as they are
-loaded, all arithmetic is float32, and O is stored in the input dtype. No workspace:
+and it ends with O = 0 and LSE = -inf. Float16 and bfloat16 inputs are converted to float32 as they
+are loaded (bfloat16 arrives as its uint16 bits: common.load_f32), all arithmetic is float32, and
+O is stored in the input dtype (bfloat16 rounded to nearest even: common.to_io). No workspace:
 `workspace_bytes` is 0.
 """
 
@@ -97,7 +98,7 @@ import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32
 
-from .common import first_key, last_key, visible
+from .common import first_key, last_key, load_f32, to_io, visible
 
 LESSON = ("FA2 partitioning: a CTA owns a Q block, warps split its rows, O normalised once, "
           "LSE saved, masked tiles skipped")
@@ -195,7 +196,7 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=16):
                             for cc in range(COLS):
                                 d = d0 + TPR * cc
                                 x = src[b, h, np.uint64(row0 + r), np.uint64(d)]
-                                tile[np.uint64(r), np.uint64(d)] = float32(x) * scale
+                                tile[np.uint64(r), np.uint64(d)] = load_f32(x) * scale
                     it0 += CH
             else:  # the last tile: rows past n are zeros (predicated loads, no branches)
                 while it0 < ITS:
@@ -207,7 +208,7 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=16):
                                 d = d0 + TPR * cc
                                 x = float32(0)
                                 if inside:
-                                    x = float32(src[b, h, np.uint64(row0 + r), np.uint64(d)])
+                                    x = load_f32(src[b, h, np.uint64(row0 + r), np.uint64(d)])
                                 tile[np.uint64(r), np.uint64(d)] = x * scale
                     it0 += CH
 
@@ -380,7 +381,7 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=16):
                 for n in range(NV):
                     for w in range(VW):
                         col = np.uint64(VW * (tc + TC * n) + w)
-                        o[b, h, np.uint64(row), col] = acc[a, n * VW + w] * inv_l
+                        o[b, h, np.uint64(row), col] = to_io(acc[a, n * VW + w] * inv_l, o)
                 if tc == 0:
                     lse[b, h, row] = ((m[a] + math.log2(l_row)) * LN2 if l_row > float32(0)
                                       else NEG_INF)
@@ -397,6 +398,7 @@ def needs(problem, config):
     return Needs(
         shared_bytes=shared_bytes(Br, Bc, D, TC),
         head_dims=HEAD_DIMS,
+        dtypes=("float32", "float16", "bfloat16"),
         rules={
             "RM divides Br (after the cap Br <= 4096 // D)": Br % RM == 0,
             "RN divides Bc": Bc % RN == 0,
