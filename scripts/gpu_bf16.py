@@ -205,6 +205,8 @@ def shape_case(p, seed: int) -> dict:
                           "dtype": str(out.dtype)}
         except peers.NotApplicable as exc:
             sdpa[name] = {"n/a": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - a peer's failure is recorded, not ours
+            sdpa[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
     row["sdpa"] = sdpa
     errors = {n: s["rel_fro"] for n, s in sdpa.items() if "rel_fro" in s}
     best = min(errors, key=errors.get) if errors else None
