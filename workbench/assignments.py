@@ -16,8 +16,9 @@ go into the folder: their shapes and all seeds are drawn when grading.
 
 Grading (`grade DIR`), in order:
 1. Rules, read from the source without running it: imports only math, functools, numpy, numba,
-   workbench.kernels.common and workbench.harness.runner; no reference (workbench.reference,
-   another rung's module, torch), no file access, no host copies, no streams, no introspection.
+   workbench.kernels.common, workbench.kernels.warp and workbench.harness.runner; no reference
+   (workbench.reference, another rung's module, torch), no file access, no host copies, no
+   streams, no introspection.
 2. The submission runs in a worker subprocess with a time limit (a crash, exit() or a hang costs
    the tests not finished, never the grader), through the same runner as the rungs, at the
    reference rung's tiles. The worker never holds the float64 truth: it draws the inputs from the
@@ -413,10 +414,10 @@ test {WEIGHTS["public"] * a.scale}, a hidden test {WEIGHTS["hidden"] * a.scale},
 ## Rules
 
 Import only `math`, `functools`, `numpy`, `numba` (and its submodules),
-`workbench.kernels.common` and `workbench.harness.runner`. Not allowed: the reference
-(`workbench.reference`, the rung modules in `workbench.kernels`, torch), files, host copies
-(`copy_to_host`, `to_device`), streams, `eval`/`exec`/`getattr` and friends. Kernels must not
-write q, k or v, and must give the same result however often they are called.
+`workbench.kernels.common`, `workbench.kernels.warp` and `workbench.harness.runner`. Not allowed:
+the reference (`workbench.reference`, the rung modules in `workbench.kernels`, torch), files,
+host copies (`copy_to_host`, `to_device`), streams, `eval`/`exec`/`getattr` and friends. Kernels
+must not write q, k or v, and must give the same result however often they are called.
 """
 
 
@@ -474,7 +475,7 @@ def fill(folder, solution=None, assignment: str | None = None) -> Path:
 # --- rules: what a submission may import and call -------------------------------------------
 
 ALLOWED_IMPORTS = ("math", "functools", "numpy", "numba", "workbench.kernels.common",
-                   "workbench.harness.runner")
+                   "workbench.kernels.warp", "workbench.harness.runner")  # warp: shuffle helpers
 FORBIDDEN_NAMES = {
     "__import__": "imports by name", "eval": "running generated code", "exec": "running generated code",
     "compile": "running generated code", "open": "file access (saved outputs, the grader's files)",
@@ -509,7 +510,8 @@ def import_problem(name: str) -> str | None:
                 f"compute attention on the GPU itself")
     if parts[0] == "workbench":
         return (f"{name} is the course's own code (it runs the reference rungs); a submission may "
-                f"import only workbench.kernels.common and workbench.harness.runner")
+                f"import only workbench.kernels.common, workbench.kernels.warp and "
+                f"workbench.harness.runner")
     if parts[0] in ("torch", "cupy", "jax", "scipy", "tensorflow"):
         return f"{name} would compute attention for you; write the kernel yourself"
     return f"{name} is not needed by a kernel; a submission may import only {', '.join(ALLOWED_IMPORTS)}"

@@ -43,9 +43,9 @@ What changes against flash1, and why:
   r = tr + TR·a (a < RM), and for each of them RN keys c = tc + TC·b (b < RN) of S and D / TC
   columns of O. The TC threads that share a row are consecutive, inside one warp, so the row max
   (the one value a tile needs from other threads) goes through a small shared array and a warp
-  barrier (no shuffles: the simulator has none). The row sum needs no exchange inside the loop:
-  alpha is the same for all TC threads of a row, so each keeps l over its own keys and the TC
-  partial sums are added once, at the end.
+  barrier (or, with row_reduce = SHUFFLE, warp shuffles). The row sum needs no exchange inside
+  the loop: alpha is the same for all TC threads of a row, so each keeps l over its own keys and
+  the TC partial sums are added once, at the end.
 
 Performance tricks, one sentence each:
 - Register tiling: each thread computes an RM × RN micro-tile of S and an RM × D/TC micro-tile of
@@ -63,12 +63,29 @@ Performance tricks, one sentence each:
 - Index arithmetic: indices into arrays are unsigned and the inner loops count with plain
   counters, so Numba's negative-index wraparound code disappears. A never-taken
   `shape[3] != D` test tells the compiler that rows are D elements long.
-- One shared buffer for K_j, then V_j: it halves the K/V footprint, which lets D = 128 keep the
-  same Bc within Numba's 48 KiB of static shared memory (at the price of two more barriers).
+- One shared buffer for K_j, then V_j (by default): it halves the K/V footprint, which lets
+  D = 128 keep the same Bc within Numba's 48 KiB of static shared memory (at the price of two more
+  barriers).
 - Occupancy: launch_bounds caps the registers so that min(warps_per_sm / warps per CTA, CTAs that
   shared memory admits) CTAs fit an SM. 128 registers and 4 CTAs of 4 warps at D <= 64; 168
   registers and 5 CTAs of 2 warps at D = 128; no spills. While one CTA waits at a barrier for
   its K_j or V_j, the others compute.
+- Variants, chosen by config keys (defaults: the first of each; PERF_NOTES.md, "v1 candidates",
+  predicts and measures them):
+  - shared_index UNSIGNED: the S and P V loops cast their shared-memory indices to unsigned, so
+    each Q_i, K_j, P, V_j row is one address plus constant offsets, not a compare, a select and
+    two multiply-adds per 16-byte load.
+  - row_reduce SHUFFLE: a row's max (each tile) and its l (at the end) are a butterfly of
+    `shfl_xor_sync` over its TC lanes (warp.segment_max / segment_sum), not a shared array and a
+    warp barrier, which also frees Br·TC·4 bytes of shared memory.
+  - kv_buffers 2: K_j and V_j get a buffer each (when 48 KiB allow), are loaded together after one
+    barrier, and P_ij, whose rows one warp writes and reads, needs only a warp barrier: 2 block
+    barriers per tile instead of 4.
+  - stages 2: tile j+1's K (and V) are loaded from device memory into registers before tile j is
+    computed and stored to shared memory after the next barrier (register double-buffering), so
+    no barrier waits for device memory.
+  - d_step 8 or 16: the S loop reads d_step values of D per trip (fewer trips, fewer counter and
+    address instructions, more registers).
 - Heaviest blocks first: under causal the last query blocks see the most keys, so grid block x
   takes query block Tr − 1 − x and the long CTAs start first (a shorter tail).
 - K/V reuse in L2: blockIdx.x runs over the query blocks of one head, so CTAs resident together
@@ -80,7 +97,8 @@ thread. So TR = Br / RM, TC = Bc / RN, and a CTA has TR·TC threads. One rule de
 block holds at most 4096 elements (Br is capped at 4096 // D). So at D = 128 the default Br = 64
 becomes 32 and the CTA has 64 threads. Q_i, the K/V tile, P and the row scratch then fit in
 48 KiB at every supported D: 4·(Br·(D + 4) + Bc·(D + 4) + Br·(Bc + max(4, TC)) + Br·TC) bytes,
-37.5 KiB at D = 64 and 39 KiB at D = 128 with the defaults. Head dims 16, 32, 64 and 128.
+37.5 KiB at D = 64 and 39 KiB at D = 128 with the defaults (shared_bytes: a second K/V buffer
+adds Bc·(D + 4)·4, shuffles drop the Br·TC·4 of the scratch). Head dims 16, 32, 64 and 128.
 
 Masks (bottom-right causal, windows) and GQA as in rung 1. K/V loads past Nkv are zero-filled and
 those keys masked, and Q rows past Nq are zero and never stored, so any length works. A row that
@@ -99,13 +117,21 @@ from numba import config as numba_config
 from numba import cuda, float32
 
 from .common import first_key, last_key, load_f32, to_io, visible
+from .warp import FULL_MASK, segment_max, segment_sum
 
 LESSON = ("FA2 partitioning: a CTA owns a Q block, warps split its rows, O normalised once, "
           "LSE saved, masked tiles skipped")
 # H100: Br query rows per CTA, Bc keys per K/V tile, RM × RN S micro-tile per thread (Br capped at
 # 4096 // D: 64 rows and 128 threads at D <= 64, 32 rows and 64 threads at D = 128), and the warps
 # per SM the register budget is sized for (see min_blocks).
-DEFAULT_CONFIG = {"Br": 64, "Bc": 32, "RM": 4, "RN": 4, "warps_per_sm": 16}
+DEFAULT_CONFIG = {"Br": 64, "Bc": 32, "RM": 4, "RN": 4, "warps_per_sm": 16,
+                  "row_reduce": 1, "kv_buffers": 1, "stages": 1, "d_step": 4, "shared_index": 1}
+# Compile-time variants (issue 8; PERF_NOTES.md predicts and measures each): row_reduce SHARED or
+# SHUFFLE, kv_buffers 1 (K_j then V_j in one buffer) or 2, stages 1 (load, then compute) or 2
+# (tile j+1 in registers while tile j computes), d_step 4, 8 or 16 (elements of D per trip of S),
+# shared_index SIGNED (as written) or UNSIGNED (cast: no negative-index wraparound code).
+SHARED, SHUFFLE = 1, 2
+SIGNED, UNSIGNED = 1, 2  # config["shared_index"]: how the S and P V loops index shared memory
 SIM_CONFIG = {"Br": 8, "Bc": 8, "RM": 2, "RN": 2}  # 16 threads: each is a Python thread there
 HEAD_DIMS = (16, 32, 64, 128)
 Q_BLOCK_ELEMS = 4096  # Br·D at most: the rule that keeps D = 128 inside 48 KiB
@@ -139,10 +165,12 @@ def tiles(problem, config):
     return Br, Bc, RM, RN, Br // RM, Bc // RN
 
 
-def shared_bytes(Br, Bc, D, TC):
-    """Static shared memory of one CTA: Q_i and the K_j/V_j buffer (rows padded to D + 4), P
-    (rows padded to Bc + max(4, TC)) and the row-reduction scratch (Br × TC), all float32."""
-    return 4 * (Br * (D + 4) + Bc * (D + 4) + Br * (Bc + max(4, TC)) + Br * TC)
+def shared_bytes(Br, Bc, D, TC, row_reduce=SHARED, kv_buffers=1):
+    """Static shared memory of one CTA: Q_i and the K_j/V_j buffer(s) (rows padded to D + 4), P
+    (rows padded to Bc + max(4, TC)) and, unless rows reduce by shuffles, the row-reduction
+    scratch (Br × TC), all float32."""
+    red = Br * TC if row_reduce == SHARED else 0
+    return 4 * (Br * (D + 4) + kv_buffers * Bc * (D + 4) + Br * (Bc + max(4, TC)) + red)
 
 
 def min_blocks(threads, smem, warps_per_sm):
@@ -153,10 +181,28 @@ def min_blocks(threads, smem, warps_per_sm):
     return max(1, min(warps_per_sm * 32 // threads, SM_SHARED // (smem + CTA_RESERVED)))
 
 
+@cuda.jit(device=True, inline="always")
+def as_unsigned(i):
+    """i as an unsigned index: Numba then emits no negative-index wraparound (compare, select)."""
+    return np.uint64(i)
+
+
+@cuda.jit(device=True, inline="always")
+def as_is(i):
+    """i unchanged: Numba wraps negative indices unless the compiler proves i >= 0."""
+    return i
+
+
 @functools.cache
-def build(Br, Bc, D, RM, RN, warps_per_sm=16):
-    """The kernel for these tiles and head dim D (every array shape and loop bound a constant)."""
+def build(Br, Bc, D, RM, RN, warps_per_sm=16, row_reduce=SHARED, kv_buffers=1, stages=1, d_step=4,
+          shared_index=SIGNED):
+    """The kernel for these tiles and head dim D (every array shape and loop bound a constant),
+    and the variants the config selects (DEFAULT_CONFIG's comment)."""
     TR, TC = Br // RM, Bc // RN
+    ROW_SHUFFLE = row_reduce == SHUFFLE  # row max and final row sum by warp shuffles
+    TWO_BUFFERS = kv_buffers == 2  # K_j and V_j each have a buffer: loaded together
+    PREFETCH = stages == 2  # the next tile's K (and V) wait in registers during this one
+    ix = as_unsigned if shared_index == UNSIGNED else as_is  # shared-memory indices in S and P V
     THREADS = TR * TC
     DP = D + 4  # padded row of Q_i and K_j / V_j in shared memory
     BP = Bc + max(4, TC)  # padded row of P
@@ -214,13 +260,57 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=16):
 
         return load
 
+    def tile_prefetcher(ROWS):
+        """fetch: the thread's share of ROWS × D elements of one head (tile_loader's) into a
+        register array; stash: that array into a shared tile, after a barrier. The array is
+        indexed only by constants of unrolled loops, so it lives in registers."""
+        ITS = -(-ROWS // RSTEP)  # rows per thread
+        EXACT = ROWS % RSTEP == 0
+
+        @cuda.jit(device=True, inline="always")
+        def fetch(src, b, h, row0, n, regs):
+            """regs[it·COLS + cc] = src[b, h, row0 + r0 + RSTEP·it, d0 + TPR·cc] as float32, zeros
+            for rows past n (only the last tile predicates its loads)."""
+            t = cuda.threadIdx.x
+            d0 = t % TPR
+            r0 = t // TPR
+            whole = row0 + ROWS <= n
+            for it in range(ITS):
+                r = r0 + RSTEP * it
+                if EXACT or r < ROWS:
+                    inside = whole or row0 + r < n
+                    for cc in range(COLS):
+                        x = float32(0)
+                        if inside:
+                            x = load_f32(src[b, h, np.uint64(row0 + r), np.uint64(d0 + TPR * cc)])
+                        regs[it * COLS + cc] = x
+
+        @cuda.jit(device=True, inline="always")
+        def stash(regs, tile):
+            """tile[r0 + RSTEP·it, d0 + TPR·cc] = regs[it·COLS + cc]."""
+            t = cuda.threadIdx.x
+            d0 = t % TPR
+            r0 = t // TPR
+            for it in range(ITS):
+                r = r0 + RSTEP * it
+                if EXACT or r < ROWS:
+                    for cc in range(COLS):
+                        tile[np.uint64(r), np.uint64(d0 + TPR * cc)] = regs[it * COLS + cc]
+
+        return fetch, stash, ITS * COLS
+
     load_q = tile_loader(Br)
     load_kv = tile_loader(Bc)
+    fetch_kv, stash_kv, KV_REGS = tile_prefetcher(Bc)
+    PF_REGS = KV_REGS if PREFETCH else 1  # registers for one prefetched tile (1: unused)
+    VROWS = Bc if TWO_BUFFERS else 1  # rows of V_j's own buffer (1: unused, V_j goes over K_j)
+    RED_ROWS = 1 if ROW_SHUFFLE else Br  # rows of the reduction scratch (1: unused)
+    SMEM = shared_bytes(Br, Bc, D, TC, row_reduce, kv_buffers)
 
     # launch_bounds caps the registers so that this many CTAs fit an SM's 64K registers (the
     # simulator knows no launch bounds).
     options = {} if numba_config.ENABLE_CUDASIM else {
-        "launch_bounds": (THREADS, min_blocks(THREADS, shared_bytes(Br, Bc, D, TC), warps_per_sm))}
+        "launch_bounds": (THREADS, min_blocks(THREADS, SMEM, warps_per_sm))}
     # Shared rows start 16-byte aligned, so 4 floats are one 128-bit load (the simulator refuses
     # an alignment argument other than None).
     ALIGN = None if numba_config.ENABLE_CUDASIM else 16
@@ -231,17 +321,22 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=16):
         micro-tiles."""
         # (One shared array per line: the simulator aliases calls that share a line.)
         q_i = cuda.shared.array((Br, DP), float32, alignment=ALIGN)  # Q_i · scale·log2(e)
-        kv_j = cuda.shared.array((Bc, DP), float32, alignment=ALIGN)  # K_j, then V_j
+        k_j = cuda.shared.array((Bc, DP), float32, alignment=ALIGN)  # K_j (then V_j, 1 buffer)
+        v_own = cuda.shared.array((VROWS, DP), float32, alignment=ALIGN)  # V_j (2 buffers)
+        v_j = v_own if TWO_BUFFERS else k_j
         p_ij = cuda.shared.array((Br, BP), float32, alignment=ALIGN)  # P_ij
-        red = cuda.shared.array((Br, TC), float32, alignment=ALIGN)  # row max, then row sum
+        red = cuda.shared.array((RED_ROWS, TC), float32, alignment=ALIGN)  # row max, then sum
         s = cuda.local.array((RM, RN), float32)  # this thread's micro-tile of S, then of P
         acc = cuda.local.array((RM, DT), float32)  # its micro-tile of the unnormalised O
         m = cuda.local.array(RM, float32)  # running row max (base 2)
         l = cuda.local.array(RM, float32)  # running row sum over this thread's keys only
-        qf = cuda.local.array((RM, 4), float32)  # 4 values along D of each of my rows of Q_i
-        kf = cuda.local.array((RN, 4), float32)  # ... and of each of my keys of K_j
+        qf = cuda.local.array((RM, d_step), float32)  # d_step values along D of my rows of Q_i
+        kf = cuda.local.array((RN, d_step), float32)  # ... and of each of my keys of K_j
         pf = cuda.local.array((RM, 4), float32)  # 4 keys of P for each of my rows
         vf = cuda.local.array(DT, float32)  # my O columns of one row of V_j
+        row_max = cuda.local.array(RM, float32)  # my rows' max over this tile (shuffles)
+        k_next = cuda.local.array(PF_REGS, float32)  # my share of the next K tile (prefetch)
+        v_next = cuda.local.array(PF_REGS, float32)  # ... and of a V tile
 
         t = cuda.threadIdx.x
         tr = t // TC
@@ -279,30 +374,47 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=16):
                 acc[a, x] = float32(0)
 
         load_q(q, b, h, i0, n_q, scale_log2, q_i)  # Q_i, once (made visible below)
+        if PREFETCH and j_start < j_end:
+            fetch_kv(k, b, hk, np.uint32(j_start * Bc), n_kv, k_next)  # K of the first tile
+            if TWO_BUFFERS:
+                fetch_kv(v, b, hk, np.uint32(j_start * Bc), n_kv, v_next)
 
         for j in range(j_start, j_end):
             j0 = np.uint32(j * Bc)  # (unsigned: no negative-index wraparound code)
             cuda.syncthreads()  # every thread is done with V_{j-1} (and P_{j-1})
-            load_kv(k, b, hk, j0, n_kv, float32(1), kv_j)
-            cuda.syncthreads()  # K_j is in shared memory
+            if PREFETCH:  # K_j (and V_j) from registers; then tile j+1's loads, in flight
+                stash_kv(k_next, k_j)
+                if TWO_BUFFERS:
+                    stash_kv(v_next, v_j)
+                    if j + 1 < j_end:
+                        fetch_kv(k, b, hk, j0 + Bc, n_kv, k_next)
+                        fetch_kv(v, b, hk, j0 + Bc, n_kv, v_next)
+                else:
+                    fetch_kv(v, b, hk, j0, n_kv, v_next)  # (stored over K_j after S)
+            else:
+                load_kv(k, b, hk, j0, n_kv, float32(1), k_j)
+                if TWO_BUFFERS:
+                    load_kv(v, b, hk, j0, n_kv, float32(1), v_j)
+            cuda.syncthreads()  # K_j (and V_j) is in shared memory
 
-            # S = Q_i K_jᵀ on my RM × RN micro-tile, 4 steps of D (16 bytes of a row) a trip.
+            # S = Q_i K_jᵀ on my RM × RN micro-tile, d_step elements of D (d_step / 4 16-byte
+            # loads of each row) a trip.
             for a in range(RM):
                 for c in range(RN):
                     s[a, c] = float32(0)
             d = 0
             while d < D:  # (a plain counter: the compiler sees 0 <= d < D, no wraparound code)
                 for a in range(RM):
-                    for u in range(4):
-                        qf[a, u] = q_i[tr + TR * a, d + u]
+                    for u in range(d_step):
+                        qf[a, u] = q_i[ix(tr + TR * a), ix(d + u)]
                 for c in range(RN):
-                    for u in range(4):
-                        kf[c, u] = kv_j[tc + TC * c, d + u]
+                    for u in range(d_step):
+                        kf[c, u] = k_j[ix(tc + TC * c), ix(d + u)]
                 for a in range(RM):
                     for c in range(RN):
-                        for u in range(4):
+                        for u in range(d_step):
                             s[a, c] += qf[a, u] * kf[c, u]
-                d += 4
+                d += d_step
 
             # Mask (only tiles on the mask's edge: the branch is the same for the whole CTA),
             # then each row's max over my keys into the scratch row.
@@ -317,16 +429,23 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=16):
                 mx = s[a, 0]
                 for c in range(1, RN):
                     mx = max(mx, s[a, c])
-                red[tr + TR * a, tc] = mx
-            warp_sync()  # the TC threads of a row are in one warp
+                if ROW_SHUFFLE:  # the row's TC threads are lanes of one warp: a butterfly
+                    row_max[a] = segment_max(FULL_MASK, mx, TC)
+                else:
+                    red[tr + TR * a, tc] = mx
+            if not ROW_SHUFFLE:
+                warp_sync()  # the TC threads of a row are in one warp
 
             # m_new, alpha, P = 2^(S - m_new), l; O rescaled (not normalised).
             ### BEGIN SOLUTION
             for a in range(RM):
                 r = tr + TR * a
                 m_new = m[a]
-                for w in range(TC):
-                    m_new = max(m_new, red[r, w])
+                if ROW_SHUFFLE:
+                    m_new = max(m_new, row_max[a])
+                else:
+                    for w in range(TC):
+                        m_new = max(m_new, red[r, w])
                 # A row that has seen no key yet keeps m = -inf; 0 stands in so exp2 stays finite.
                 m_use = m_new if m_new != NEG_INF else float32(0)
                 alpha = math.exp2(m[a] - m_use)
@@ -341,9 +460,17 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=16):
                     acc[a, x] *= alpha
             ### END SOLUTION
 
-            cuda.syncthreads()  # every thread is done with K_j (and P_ij is in shared memory)
-            load_kv(v, b, hk, j0, n_kv, float32(1), kv_j)
-            cuda.syncthreads()  # V_j is in shared memory
+            if TWO_BUFFERS:
+                warp_sync()  # P_ij's rows are written and read by the TC threads of one warp
+            else:
+                cuda.syncthreads()  # every thread is done with K_j (and P_ij is in shared memory)
+                if PREFETCH:
+                    stash_kv(v_next, v_j)
+                else:
+                    load_kv(v, b, hk, j0, n_kv, float32(1), v_j)
+                cuda.syncthreads()  # V_j is in shared memory
+                if PREFETCH and j + 1 < j_end:
+                    fetch_kv(k, b, hk, j0 + Bc, n_kv, k_next)  # K_{j+1}, in flight during P V_j
 
             # O += P_ij V_j on my RM × DT micro-tile, 8 keys a trip (two 16-byte loads of P a row).
             c0 = 0
@@ -352,11 +479,11 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=16):
                     c = c0 + 4 * half
                     for a in range(RM):
                         for u in range(4):
-                            pf[a, u] = p_ij[tr + TR * a, c + u]
+                            pf[a, u] = p_ij[ix(tr + TR * a), ix(c + u)]
                     for u in range(4):
                         for n in range(NV):
                             for w in range(VW):
-                                vf[n * VW + w] = kv_j[c + u, VW * (tc + TC * n) + w]
+                                vf[n * VW + w] = v_j[ix(c + u), ix(VW * (tc + TC * n) + w)]
                         for a in range(RM):
                             for x in range(DT):
                                 acc[a, x] += pf[a, u] * vf[x]
@@ -365,17 +492,24 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=16):
         # l: add the TC partial sums of each row (the scratch's last max reads were before the
         # barriers above; its rows belong to this warp only).
         for a in range(RM):
-            red[tr + TR * a, tc] = l[a]
-        warp_sync()
+            if ROW_SHUFFLE:
+                l[a] = segment_sum(FULL_MASK, l[a], TC)  # the whole row's l, in all its lanes
+            else:
+                red[tr + TR * a, tc] = l[a]
+        if not ROW_SHUFFLE:
+            warp_sync()
 
         # O = O / l once; LSE = ln2 · (m + log2 l). A row that saw no key: O = 0, LSE = -inf.
         ### BEGIN SOLUTION
         for a in range(RM):
             r = tr + TR * a
             row = i0 + r
-            l_row = float32(0)
-            for w in range(TC):
-                l_row += red[r, w]
+            if ROW_SHUFFLE:
+                l_row = l[a]
+            else:
+                l_row = float32(0)
+                for w in range(TC):
+                    l_row += red[r, w]
             if row < n_q:
                 inv_l = float32(1) / l_row if l_row > float32(0) else float32(0)
                 for n in range(NV):
@@ -396,7 +530,7 @@ def needs(problem, config):
     Br, Bc, RM, RN, TR, TC = tiles(problem, config)
     D = problem.head_dim
     return Needs(
-        shared_bytes=shared_bytes(Br, Bc, D, TC),
+        shared_bytes=shared_bytes(Br, Bc, D, TC, config["row_reduce"], config["kv_buffers"]),
         head_dims=HEAD_DIMS,
         dtypes=("float32", "float16", "bfloat16"),
         rules={
@@ -408,6 +542,13 @@ def needs(problem, config):
             "one of threads (Br/RM · Bc/RN) and D divides the other (tile copies)":
                 (TR * TC) % D == 0 or D % (TR * TC) == 0,
             "warps_per_sm <= 64": config["warps_per_sm"] <= 64,
+            "row_reduce is 1 (SHARED) or 2 (SHUFFLE)": config["row_reduce"] in (SHARED, SHUFFLE),
+            "kv_buffers is 1 or 2": config["kv_buffers"] in (1, 2),
+            "stages is 1 or 2": config["stages"] in (1, 2),
+            "d_step is 4, 8 or 16 and divides D": config["d_step"] in (4, 8, 16)
+                and D % config["d_step"] == 0,
+            "shared_index is 1 (SIGNED) or 2 (UNSIGNED)":
+                config["shared_index"] in (SIGNED, UNSIGNED),
         },
     )
 
@@ -421,6 +562,8 @@ def launch(problem, config, q, k, v, o, lse, gpu):
     p = problem
     Br, Bc, RM, RN, TR, TC = tiles(p, config)
     left, right = p.mask_bounds()
-    kernel = build(Br, Bc, p.head_dim, RM, RN, config["warps_per_sm"])
+    kernel = build(Br, Bc, p.head_dim, RM, RN, config["warps_per_sm"], config["row_reduce"],
+                   config["kv_buffers"], config["stages"], config["d_step"],
+                   config["shared_index"])
     gpu.launch(kernel, (-(-p.seq_q // Br), p.batch * p.heads), TR * TC,
                q, k, v, o, lse, LOG2E * np.float32(p.scale), p.group, left, right)
