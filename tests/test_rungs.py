@@ -15,6 +15,10 @@ LADDER_CASES = list(SIM_VERIFY)  # seq 1/7/33/97, Nq≠Nkv both ways, masks, GQA
 @pytest.mark.parametrize("problem", LADDER_CASES, ids=lambda p: p.describe().replace(" ", "_"))
 @pytest.mark.parametrize("rung", LADDER, ids=lambda r: r.name)
 def test_rung_matches_float64(rung, problem):
+    if workbench.mode() == "simulator" and getattr(rung.module, "GPU_ONLY", None):
+        pytest.skip(f"{rung.name}: {rung.module.GPU_ONLY}")
+    if problem.dtype not in rung.module.needs(problem, rung.default_config).dtypes:
+        pytest.skip(f"{rung.name} does not take {problem.dtype}")
     seed = LADDER_CASES.index(problem) * 101 + rung.index
     report = verify.check(rung, problem, seed=seed)
     assert report.passed, str(report)
@@ -53,3 +57,13 @@ def test_fused_rungs_need_no_quadratic_memory():
             assert grow == 64  # N² buffer: 8x the sequence, 64x the bytes
         else:
             assert grow <= 8, rung.name  # at most linear in N
+
+
+def test_gpu_only_rung_is_refused_in_the_simulator_with_the_reason():
+    from workbench.harness import runner
+
+    if workbench.mode() != "simulator":
+        pytest.skip("simulator only")
+    rung = workbench.kernels.get("flash2_mma")
+    with pytest.raises(ValueError, match="cannot run in the simulator: the simulator cannot link"):
+        runner.check_config(rung, Problem(1, 2, 2, 64, 64, 64, "float16"))

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from . import suites
+from . import dtypes, suites
 from .harness import device, memory, peers, runner, timing, verify
 from .kernels import LADDER, get
 from .problem import Problem
@@ -50,7 +50,7 @@ def parse_args(argv=None):
                    help=f"query lengths to sweep (default {d['seq']}; with --suite: keep only these)")
     p.add_argument("--seq-kv", type=int, default=None, help="key/value length (default: = seq)")
     p.add_argument("--dim", type=int, default=d["dim"], help="head dim D")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--causal", action="store_true")
     p.add_argument("--window", type=int, nargs=2, metavar=("LEFT", "RIGHT"), default=None,
                    help="sliding window (left, right); -1 = unbounded")
@@ -138,7 +138,7 @@ def run_peer_point(name: str, problem: Problem, seed: int, repeat: int, all_head
     heads, rows = verify_sample(problem, all_heads)
     try:
         q, k, v, pairs, ref_o, ref_lse = verify.truth(problem, seed, heads, rows)
-        dq, dk, dv = (cuda.to_device(x) for x in (q, k, v))
+        dq, dk, dv = (cuda.to_device(dtypes.to_bits(x)) for x in (q, k, v))
         try:
             fn = peers.build(name, problem, dq, dk, dv)
         except peers.NotApplicable as exc:
@@ -167,8 +167,8 @@ def _measure(rung, problem, cfg, seed, repeat, heads, rows) -> dict:
     # The verified inputs (cached: drawing 3×10⁸ normals per point cost minutes per suite); the L2
     # flush before every timed call keeps the previous call's data from helping.
     q, k, v = verify.truth(problem, seed, heads, rows)[:3]
-    dq, dk, dv = (cuda.to_device(x) for x in (q, k, v))
-    do = cuda.device_array(problem.q_shape, problem.dtype)
+    dq, dk, dv = (cuda.to_device(dtypes.to_bits(x)) for x in (q, k, v))  # (bfloat16: the bits)
+    do = cuda.device_array(problem.q_shape, dtypes.device_dtype(problem.dtype))
     dlse = cuda.device_array(problem.lse_shape, np.float32)
     pool = runner.Pool()  # the first call allocates its scratch (measured); timed calls reuse it
     first = runner.run(rung, problem, cfg, dq, dk, dv, do, dlse, pool=pool)

@@ -59,7 +59,8 @@ def compile_usage(launch, cc=(9, 0), sass_path=None) -> dict:
     kernel = launch.kernel
     ltoirs, _ = cuda.compile_all(kernel.py_func, launch.argtypes, device=False, abi="numba",
                                  output="ltoir", cc=cc, **_options(kernel))
-    linker = Linker(*[ObjectCode.from_ltoir(b) for b in ltoirs],
+    # (linked files, such as flash2_mma's mma.cu, come back already as ObjectCode)
+    linker = Linker(*[b if isinstance(b, ObjectCode) else ObjectCode.from_ltoir(b) for b in ltoirs],
                     options=LinkerOptions(arch=f"sm_{cc[0]}{cc[1]}", link_time_optimization=True,
                                           verbose=True))
     cubin = linker.link("cubin")

@@ -31,10 +31,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
 
-RUNGS = ("naive", "tiled", "online", "flash1", "flash2")
+RUNGS = ("naive", "tiled", "online", "flash1", "flash2", "flash2_mma")
 PEERS = ("torch-standard", "cupy-standard", "sdpa-math", "sdpa-efficient", "sdpa-flash", "sdpa-cudnn")
 COLORS = {
     "naive": "#d62728", "tiled": "#ff7f0e", "online": "#bcbd22", "flash1": "#17becf", "flash2": "#1f77b4",
+    "flash2_mma": "#393b79",
     "torch-standard": "#8c564b", "cupy-standard": "#e377c2", "sdpa-math": "#7f7f7f",
     "sdpa-efficient": "#9467bd", "sdpa-flash": "#2ca02c", "sdpa-cudnn": "#111111",
 }

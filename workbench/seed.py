@@ -911,6 +911,8 @@ def claims_for(suite_name, gpu: str | None = None) -> list:
         out = []
     elif suite_name == "seed":
         out = [c for f in SUITE_CLAIMS.values() for c in f()]
+    elif suite_name == "perf":  # (the same shape as seed-versions: B=8 H=32 D=64, seq 4096)
+        out = SUITE_CLAIMS["seed-versions"]()
     elif suite_name == "ladder":
         out = _speed_claims() + [c for c in _memory_claims() if c.table.startswith("memory-")]
     elif suite_name in SUITE_CLAIMS:

@@ -11,6 +11,9 @@ the memory model only), so the same command runs anywhere.
   (../shared/seed/flash-attention-benchmarks.md) re-measured on the GPU at hand, our rungs beside the
   real thing: "Standard" = the naive rung and torch standard attention, "Flash Attn 2" = the flash2
   rung and SDPA's flash backend, FA3-class = SDPA's cuDNN backend. `seed` runs all four.
+- `perf`: issue 8's targets side by side at B=8 H=32 N=4096 D=64 (non-causal and causal): the
+  flash2 rung in float32 against SDPA's efficient backend, the tensor-core rung flash2_mma in
+  float16 and bfloat16 against SDPA flash and cuDNN.
 - `seed-training`, `seed-inference`, `seed-models`: the page's training, decode and model tables
   (workbench/suites_training.py: forward+backward, decode over a paged KV cache, model shapes).
 """
@@ -101,6 +104,12 @@ def get(name: str, simulator: bool) -> Suite:
         return Suite(name, "FA1 vs FA2 vs FA3-class at seq 4096, B=8 H=32 D=64",
                      tiny[:1] if simulator else _ladder((4096,), 8, 32, 64), True, False,
                      ("flash1", "flash2"), ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn"))
+    if name == "perf":
+        gpu = tuple(Problem(8, 32, 32, 4096, 4096, 64, dtype, causal=causal)
+                    for dtype in ("float32", "float16", "bfloat16") for causal in (False, True))
+        return Suite(name, "issue 8: flash2 (fp32) and flash2_mma (fp16/bf16) vs SDPA at seq 4096",
+                     tiny[:1] if simulator else gpu, True, False, ("flash2", "flash2_mma"),
+                     ("sdpa-efficient", "sdpa-flash", "sdpa-cudnn"))
     if name == "verify":
         return Suite("verify", "every rung over odd shapes, masks, GQA, D and dtypes (no timing)",
                      SIM_VERIFY if simulator else GPU_VERIFY, timed=False, all_heads=True)
@@ -116,4 +125,4 @@ def get(name: str, simulator: bool) -> Suite:
 SEED = ("seed-speed", "seed-memory", "seed-scaling", "seed-versions")
 # Issue 9's suites (training, decode, model shapes): run by workbench/suites_training.py, not `get`.
 TRAINING_INFERENCE = ("seed-training", "seed-inference", "seed-models")
-NAMES = ("verify", "ladder", *SEED, "seed", *TRAINING_INFERENCE)
+NAMES = ("verify", "ladder", *SEED, "seed", "perf", *TRAINING_INFERENCE)

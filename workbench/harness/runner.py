@@ -192,6 +192,9 @@ def check_config(rung, problem, config=None, planner=None) -> dict:
     needs: Needs = rung.module.needs(problem, cfg)
     facts = device.facts()
     where = f"kernel {rung.name!r} with config {cfg}"
+    gpu_only = getattr(rung.module, "GPU_ONLY", None)
+    if gpu_only and device.simulator():
+        raise ValueError(f"kernel {rung.name!r} cannot run in the simulator: {gpu_only}")
     if problem.dtype not in needs.dtypes:
         raise ValueError(
             f"kernel {rung.name!r} takes dtypes {needs.dtypes}, not {problem.dtype!r}: cast the inputs "

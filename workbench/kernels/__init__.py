@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 # Rung order is the course order; a rung's lesson is what changed from the one before it.
-_ORDER = ("naive", "tiled", "online", "flash1", "flash2")
+_ORDER = ("naive", "tiled", "online", "flash1", "flash2", "flash2_mma")
 
 
 @dataclass(frozen=True)

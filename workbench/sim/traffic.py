@@ -335,6 +335,8 @@ def sweep(seqs, head_dim=16, rungs=None, dtype="float32", progress=None) -> list
     for rung in LADDER:
         if rungs and rung.name not in rungs:
             continue
+        if getattr(rung.module, "GPU_ONLY", None):  # (flash2_mma: the simulator cannot link it)
+            continue
         for n in seqs:
             if progress:
                 progress(rung.name, n)

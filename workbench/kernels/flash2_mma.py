@@ -1,0 +1,409 @@
+"""Rung 6 — flash2_mma: the flash2 algorithm on the tensor cores (float16 / bfloat16 inputs).
+
+Rung 5 does every multiply-add of S = Q_i K_jᵀ and O += P V_j as an FFMA on the CUDA cores: at
+most 67 TFLOP/s on an H100 in float32. The tensor cores do a 16×8×16 matrix product per warp per
+instruction (`mma.sync.m16n8k16`: 16-bit inputs, float32 accumulation), about 15× faster. Numba
+has no Python spelling for them (numba#5899), so this rung links a small CUDA C++ file,
+`mma.cu`, whose functions each wrap one PTX instruction: `mma.sync`, `ldmatrix` (shared memory
+into fragment registers), `cp.async` (global to shared memory in the background) and the
+float32 → 16-bit packing. `cuda.declare_device(..., link=...)` declares them; nvJitLink's
+link-time optimisation inlines them, so the kernel below stays Python and reads like the paper.
+The simulator cannot link CUDA C++: there this rung is refused with a message, and only its
+compile check (sm_90, no GPU needed) runs.
+
+The algorithm is flash2's (Algorithm 1 of FA2), with the work split the way FA2's CUDA code does
+it: a CTA of Br / 16 warps owns Q_i; warp w owns 16 of its rows, whole, for every tile. So the
+row max and row sum never leave the warp, and no thread waits for another warp inside a tile:
+
+    Q_i → shared memory → each warp's A fragments (registers, once)
+    m = -inf, l = 0, O = 0                                   (fragments, in registers)
+    for j = j_start … j_end − 1:
+        wait for K_j, V_j (cp.async, issued at the end of the previous tile)
+        S = Q_i K_jᵀ                                        (16 × Bc per warp: mma.sync)
+        m_new = max(m, rowmax(S))                           (4 lanes share a row: 2 shuffles)
+        P = 2^(c·S − c·m_new), alpha = 2^(c·m − c·m_new)    (c = scale·log2 e)
+        l = alpha · l + rowsum(P);  O = alpha · O
+        O = O + P V_j                                       (P fed from registers: mma.sync)
+        start copying K_{j+1}, V_{j+1}
+    O = O / l;  LSE = ln 2 · (c·m + log2 l)
+
+Fragments, in one sentence each (layouts in mma.cu's header):
+- A warp's mma multiplies a 16×16 A by a 16×8 B into a 16×8 float32 C; each lane holds a fixed
+  part of each: lane 4g + t holds C's rows g and g + 8 at columns 2t, 2t + 1.
+- S's C fragments for keys 16kc … 16kc + 15 are, element for element, the A fragment of P for
+  that chunk of keys: P goes from S to the next mma without touching shared memory (only packed
+  to 16 bits, which is also where FA2 rounds it).
+- K_j in shared memory is (key, d) row-major, which is exactly the "col" B operand of Q Kᵀ:
+  `ldmatrix` loads it as is. V_j is (key, d) too, but P V needs it the other way round:
+  `ldmatrix.trans` transposes on the way.
+- The 4 lanes of a quad hold one row's scores: the row max and sum are 2 `shfl_xor` each.
+
+Performance tricks:
+- cp.async: K_j and V_j go from global to shared memory without passing through registers, in
+  the background; with 4 CTAs per SM, one CTA's copy overlaps the others' maths. `stages=2`
+  double-buffers inside the CTA (K_{j+1}, V_{j+1} copied into a second buffer while tile j is
+  computed): on the H100 it measured 3 % slower than one buffer (figures/h100/perf.json), since
+  it costs 18 KiB more shared memory and more registers for the same 4 CTAs per SM.
+- Register tiling for the tensor cores: `MT = 2` gives a warp 32 rows, so each K/V fragment read
+  from shared memory feeds two mma's (FA2's CUDA code does this); it needs ~200 registers and so
+  halves the CTAs per SM, which measured slower here at D = 64.
+- Shared addresses are converted once to 32-bit shared-window addresses; each ldmatrix and
+  cp.async then adds a constant, which the compiler folds into the instruction ([R + imm]).
+  (Generic 64-bit addresses cost twice the registers and spilled.)
+- Padded rows: shared rows are D + 8 elements (16 bytes more than D), so the 8 rows an
+  `ldmatrix` reads start in 8 different 16-byte bank groups (no bank conflicts).
+- exp2 with the scale folded: P = 2^(c·s − c·m) is one FFMA and one MUFU.EX2; m stays in raw
+  score units.
+- Masks only on edge tiles (flash2's rule), heaviest query blocks first, K/V reuse in L2.
+
+Head dims 32, 64 and 128; Br a multiple of 16·MT (one warp per 16·MT rows), Bc a multiple of 32;
+all shared memory static (≤ 48 KiB): 2·(Br + 2·stages·Bc)·(D + 8) bytes. At D = 128 Bc is capped
+at 32 and warps_per_sm at 8 (see tiles()). Inputs float16, or
+bfloat16 passed as their uint16 bit patterns; O is stored in the input dtype, LSE in float32.
+"""
+
+import functools
+import math
+import os
+
+import numpy as np
+from numba import config as numba_config
+from numba import cuda, float32, types, uint32
+from numba.cuda.extending import intrinsic
+
+from .common import first_key, last_key, visible
+
+LESSON = "tensor cores: S = QKᵀ and O += PV as mma.sync tiles from a linked .cu, P kept in registers"
+# H100, D <= 64: 4 warps of 16 rows, 64 keys a tile, one K/V buffer, 4 CTAs per SM (128
+# registers). Measured fastest of six variants (figures/h100/perf.json); at D = 128 see tiles().
+DEFAULT_CONFIG = {"Br": 64, "Bc": 64, "stages": 1, "warps_per_sm": 16, "MT": 1}
+# Spills the compile check tolerates at the default config: at 128 registers ptxas keeps about a
+# dozen loop-invariant addresses in local memory (one L1 load each per tile). The spill-free
+# configs (MT = 2, or 8 warps per SM) measured slower: figures/h100/perf.json.
+SPILL_BUDGET = 192
+HEAD_DIMS = (32, 64, 128)
+DTYPES = ("float16", "bfloat16")
+GPU_ONLY = ("the simulator cannot link CUDA C++ (mma.cu); flash2_mma runs on a GPU only, and its "
+            "compile check runs with no GPU (pytest tests/test_compile.py)")
+MMA_CU = os.path.join(os.path.dirname(__file__), "mma.cu")
+SM_SHARED, CTA_RESERVED = 228 * 1024, 1024
+
+FASTMATH = {"afn", "arcp", "contract"}  # as flash2: approximate exp2/log2/1/l, infinities kept
+NEG_INF = float32(-math.inf)
+LOG2E = np.float32(math.log2(math.e))
+LN2 = float32(math.log(2.0))
+FULL = 0xFFFFFFFF
+
+
+@intrinsic
+def address_of(typingctx, arr):
+    """The address of an array's first element, as a void* for the functions of mma.cu."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        from llvmlite import ir
+
+        data = context.make_array(arr)(context, builder, args[0]).data
+        return builder.bitcast(data, ir.IntType(8).as_pointer())
+
+    return types.voidptr(arr), codegen
+
+
+def _declare():
+    """mma.cu's functions, typed for Numba (C ABI: plain arguments, plain return values)."""
+    vp, u64 = types.voidptr, types.uint64
+    sig = {
+        "wb_shared_address": uint32(vp),
+        "wb_cp_async16": types.void(uint32, vp, u64, types.int32),
+        "wb_cp_async_commit": types.void(),
+        "wb_cp_async_wait1": types.void(),
+        "wb_cp_async_wait0": types.void(),
+        "wb_ldmatrix_x4": types.void(vp, uint32),
+        "wb_ldmatrix_x4_trans": types.void(vp, uint32),
+        "wb_mma_f16": types.void(vp, vp, vp),
+        "wb_mma_bf16": types.void(vp, vp, vp),
+        "wb_pack_f16x2": uint32(float32, float32),
+        "wb_pack_bf16x2": uint32(float32, float32),
+        "wb_store_u32": types.void(vp, u64, uint32),
+    }
+    return {name: cuda.declare_device(name, s, link=MMA_CU, abi="c") for name, s in sig.items()}
+
+
+def tiles(problem, config):
+    """(Br, Bc, stages, warps_per_sm, MT) for this problem. At D = 128 Bc is capped at 32 (the
+    buffers then fit 48 KiB) and warps_per_sm at 8 (a thread's O fragments alone are 64 registers:
+    at 128 registers it would spill)."""
+    Br, Bc, stages = config["Br"], config["Bc"], config["stages"]
+    warps, MT = config["warps_per_sm"], config["MT"]
+    if problem.head_dim > 64:
+        Bc, warps = min(Bc, 32), min(warps, 8)
+    return Br, Bc, stages, warps, MT
+
+
+def shared_bytes(Br, Bc, D, stages):
+    """Q_i, and `stages` buffers each of K_j and V_j, rows padded to D + 8 16-bit elements."""
+    return 2 * (Br + 2 * stages * Bc) * (D + 8)
+
+
+def min_blocks(threads, smem, warps_per_sm):
+    """CTAs per SM that launch_bounds sizes the registers for: what shared memory admits, but no
+    more than warps_per_sm warps (16: 4 CTAs of 4 warps, 128 registers a thread)."""
+    return max(1, min(warps_per_sm * 32 // threads, SM_SHARED // (smem + CTA_RESERVED)))
+
+
+@functools.cache
+def build(Br, Bc, D, stages, bf16, warps_per_sm=16, MT=1):
+    """The kernel for these tiles, head dim D, input type (float16 or bfloat16) and MT m-tiles of
+    16 rows per warp."""
+    if numba_config.ENABLE_CUDASIM:
+        raise RuntimeError(GPU_ONLY)
+    f = _declare()
+    cp_async16, commit = f["wb_cp_async16"], f["wb_cp_async_commit"]
+    wait1, wait0 = f["wb_cp_async_wait1"], f["wb_cp_async_wait0"]
+    ldmatrix, ldmatrix_t, store_u32 = f["wb_ldmatrix_x4"], f["wb_ldmatrix_x4_trans"], f["wb_store_u32"]
+    shared_address = f["wb_shared_address"]
+    mma = f["wb_mma_bf16"] if bf16 else f["wb_mma_f16"]
+    pack = f["wb_pack_bf16x2"] if bf16 else f["wb_pack_f16x2"]
+
+    WR = 16 * MT  # query rows per warp
+    WARPS = Br // WR
+    THREADS = 32 * WARPS
+    DP = D + 8  # padded shared row (elements)
+    KC = D // 16  # k-chunks of Q Kᵀ (16 of D each)
+    NS = Bc // 8  # n-tiles of S (8 keys each)
+    NO = D // 8  # n-tiles of O (8 columns of D each)
+    ROW_CHUNKS = D // 8  # 16-byte chunks in a row
+    KV_ROWS = stages * Bc  # K (and V) buffers, one under the other
+
+    RSTEP = THREADS // ROW_CHUNKS  # rows the CTA copies per step
+
+    def tile_copier(ROWS):
+        """A device function that starts copying ROWS rows of one head into shared memory."""
+        ITS = ROWS // RSTEP
+
+        @cuda.jit(device=True, inline="always")
+        def copy(dst, dst_row0, src, src_base, row0, n):
+            """Rows row0 … row0 + ROWS − 1 (zeros past n) into shared rows dst_row0 …: 16 bytes
+            per cp.async, consecutive threads on consecutive chunks (coalesced). Thread t copies
+            chunk t % ROW_CHUNKS of rows t // ROW_CHUNKS + RSTEP·it: one address per tile plus
+            constant offsets. (Rows past n are zero-filled: their address is not read.)"""
+            t = cuda.threadIdx.x
+            r = t // ROW_CHUNKS
+            col = (t - r * ROW_CHUNKS) * 8
+            src_elem = src_base + np.uint64(uint32((row0 + r) * D + col))
+            dst_addr = dst + uint32(2 * ((dst_row0 + r) * DP + col))
+            for it in range(ITS):
+                cp_async16(dst_addr + uint32(2 * RSTEP * DP * it), src,
+                           src_elem + np.uint64(RSTEP * D * it), row0 + r + RSTEP * it < n)
+
+        return copy
+
+    copy_q, copy_kv = tile_copier(Br), tile_copier(Bc)
+    MIN_BLOCKS = min_blocks(THREADS, shared_bytes(Br, Bc, D, stages), warps_per_sm)
+
+    @cuda.jit(fastmath=FASTMATH, launch_bounds=(THREADS, MIN_BLOCKS))
+    def flash2_mma(q, k, v, o, lse, c, group, left, right):
+        """CTA (x, bh) owns query block i = Tr − 1 − x of head bh; warp w its rows WR·w … WR·w + WR − 1
+        (m-tile mt: rows WR·w + 16·mt …, of which lane 4g + t holds rows g and g + 8)."""
+        q_s = cuda.shared.array((Br, DP), types.uint16, alignment=128)
+        k_s = cuda.shared.array((KV_ROWS, DP), types.uint16, alignment=128)
+        v_s = cuda.shared.array((KV_ROWS, DP), types.uint16, alignment=128)
+        qa = cuda.local.array((MT, KC, 4), uint32)  # A fragments of this warp's rows of Q_i
+        s = cuda.local.array((MT, NS, 4), float32)  # C fragments of S (then P), 8 keys each
+        acc = cuda.local.array((MT, NO, 4), float32)  # C fragments of O, 8 columns each
+        pa = cuda.local.array((MT, 2, 4), uint32)  # A fragments of P, 16 keys each
+        kb = cuda.local.array((2, 2), uint32)  # B fragments: K (2 chunks of D) or V (2 of keys)
+        m = cuda.local.array((MT, 2), float32)  # running max of rows g, g + 8 (raw score units)
+        l = cuda.local.array((MT, 2), float32)  # running sum over this lane's keys of those rows
+
+        t = cuda.threadIdx.x
+        warp = t // 32
+        lane = t - 32 * warp
+        g = lane // 4
+        tq = lane - 4 * g
+        heads = q.shape[1]
+        b = cuda.blockIdx.y // heads
+        h = cuda.blockIdx.y - b * heads
+        hk = h // group
+        n_q = q.shape[2]
+        n_kv = k.shape[2]
+        shift = n_kv - n_q
+        i0 = (cuda.gridDim.x - 1 - cuda.blockIdx.x) * Br
+        q_base = np.uint64(b * heads + h) * np.uint64(n_q) * np.uint64(D)
+        kv_base = np.uint64(b * k.shape[1] + hk) * np.uint64(n_kv) * np.uint64(D)
+        q_ptr, k_ptr, v_ptr = address_of(q), address_of(k), address_of(v)
+        # Shared arrays as 32-bit shared-window byte addresses (ldmatrix, cp.async).
+        qs = shared_address(address_of(q_s))
+        ks = shared_address(address_of(k_s))
+        vs = shared_address(address_of(v_s))
+
+        # The KV tiles this CTA needs, and the keys every one of its rows sees (flash2's rule).
+        i_last = min(i0 + Br, n_q) - 1
+        key_lo = max(first_key(i0, shift, left), 0)
+        key_hi = min(last_key(i_last, shift, right) + 1, n_kv)
+        j_start = key_lo // Bc
+        j_end = (key_hi + Bc - 1) // Bc if key_hi > key_lo else j_start
+        inner_lo = max(first_key(i_last, shift, left), 0)
+        inner_hi = min(last_key(i0, shift, right) + 1, n_kv)
+
+        for mt in range(MT):
+            for r in range(2):
+                m[mt, r] = NEG_INF
+                l[mt, r] = float32(0)
+            for nd in range(NO):
+                for e in range(4):
+                    acc[mt, nd, e] = float32(0)
+
+        # Q_i, then the first K/V tile, in flight together; wait for Q_i only.
+        copy_q(qs, 0, q_ptr, q_base, i0, n_q)
+        commit()
+        if j_start < j_end:
+            copy_kv(ks, 0, k_ptr, kv_base, j_start * Bc, n_kv)
+            copy_kv(vs, 0, v_ptr, kv_base, j_start * Bc, n_kv)
+        commit()
+        wait1()
+        cuda.syncthreads()
+        for mt in range(MT):  # lane l reads row l % 16 of the m-tile, columns 8·(l // 16) …
+            for kc in range(KC):
+                ldmatrix(address_of(qa[mt, kc]),
+                         qs + 2 * uint32((WR * warp + 16 * mt + lane % 16) * DP + 16 * kc + 8 * (lane // 16)))
+
+        # This lane's row of each ldmatrix of K_j (row lane % 8, column 8·(lane // 8)) and of V_j
+        # (row lane): one base address, plus a constant per fragment.
+        k_lane = ks + uint32(2 * ((lane % 8) * DP + 8 * (lane // 8)))
+        v_lane = vs + uint32(2 * lane * DP)
+        for j in range(j_start, j_end):
+            j0 = j * Bc
+            row0 = ((j - j_start) % stages) * Bc  # this tile's buffer
+            if stages == 2 and j + 1 < j_end:  # next tile into the other buffer, in the background
+                copy_kv(ks, Bc - row0, k_ptr, kv_base, j0 + Bc, n_kv)
+                copy_kv(vs, Bc - row0, v_ptr, kv_base, j0 + Bc, n_kv)
+                commit()
+                wait1()  # tile j has landed (this thread's copies) ...
+            else:
+                wait0()
+            cuda.syncthreads()  # ... and everybody's
+
+            # S = Q_i K_jᵀ: per n-tile of 8 keys, one ldmatrix.x4 brings two 16-wide chunks of D,
+            # used by each of the warp's m-tiles.
+            for mt in range(MT):
+                for nt in range(NS):
+                    for e in range(4):
+                        s[mt, nt, e] = float32(0)
+            for nt in range(NS):
+                for kk in range(KC // 2):
+                    ldmatrix(address_of(kb), k_lane + uint32(2 * ((row0 + 8 * nt) * DP + 32 * kk)))
+                    for mt in range(MT):
+                        mma(address_of(s[mt, nt]), address_of(qa[mt, 2 * kk]), address_of(kb[0]))
+                        mma(address_of(s[mt, nt]), address_of(qa[mt, 2 * kk + 1]), address_of(kb[1]))
+
+            # Mask (edge tiles only), row max over the quad, P = 2^(c·S − c·m_new), l, alpha.
+            edge = j0 < inner_lo or j0 + Bc > inner_hi
+            for mt in range(MT):
+                for r in range(2):
+                    row = i0 + WR * warp + 16 * mt + g + 8 * r
+                    mx = NEG_INF
+                    for nt in range(NS):
+                        for e in range(2):
+                            if edge:
+                                key = j0 + 8 * nt + 2 * tq + e
+                                if row >= n_q or key >= n_kv or not visible(row, key, shift, left, right):
+                                    s[mt, nt, 2 * r + e] = NEG_INF
+                            mx = max(mx, s[mt, nt, 2 * r + e])
+                    mx = max(mx, cuda.shfl_xor_sync(FULL, mx, 1))
+                    mx = max(mx, cuda.shfl_xor_sync(FULL, mx, 2))
+                    m_new = max(m[mt, r], mx)
+                    # A row that has seen no key keeps m = -inf; 0 stands in so exp2 stays finite.
+                    cm = c * (m_new if m_new != NEG_INF else float32(0))
+                    alpha = math.exp2(c * m[mt, r] - cm)
+                    m[mt, r] = m_new
+                    rowsum = float32(0)
+                    for nt in range(NS):
+                        for e in range(2):
+                            p = math.exp2(c * s[mt, nt, 2 * r + e] - cm)
+                            s[mt, nt, 2 * r + e] = p
+                            rowsum += p
+                    l[mt, r] = alpha * l[mt, r] + rowsum
+                    for nd in range(NO):
+                        acc[mt, nd, 2 * r] *= alpha
+                        acc[mt, nd, 2 * r + 1] *= alpha
+
+            # O += P V_j: S's fragments for 16 keys are P's A fragment; per n-tile of 8 columns
+            # of D, one ldmatrix.x4.trans brings V_j for 32 keys (lane l: key 32·kq + l).
+            for kq in range(Bc // 32):
+                for mt in range(MT):
+                    for half in range(2):
+                        nt = 4 * kq + 2 * half
+                        pa[mt, half, 0] = pack(s[mt, nt, 0], s[mt, nt, 1])
+                        pa[mt, half, 1] = pack(s[mt, nt, 2], s[mt, nt, 3])
+                        pa[mt, half, 2] = pack(s[mt, nt + 1, 0], s[mt, nt + 1, 1])
+                        pa[mt, half, 3] = pack(s[mt, nt + 1, 2], s[mt, nt + 1, 3])
+                for nd in range(NO):
+                    ldmatrix_t(address_of(kb), v_lane + uint32(2 * ((row0 + 32 * kq) * DP + 8 * nd)))
+                    for mt in range(MT):
+                        mma(address_of(acc[mt, nd]), address_of(pa[mt, 0]), address_of(kb[0]))
+                        mma(address_of(acc[mt, nd]), address_of(pa[mt, 1]), address_of(kb[1]))
+
+            cuda.syncthreads()  # every warp is done with this buffer before it is refilled
+            if stages == 1 and j + 1 < j_end:
+                copy_kv(ks, 0, k_ptr, kv_base, j0 + Bc, n_kv)
+                copy_kv(vs, 0, v_ptr, kv_base, j0 + Bc, n_kv)
+                commit()
+        wait0()  # nothing may still be copying when the CTA exits
+
+        # l over the quad; O = O / l once; LSE = ln 2 · (c·m + log2 l); rows past Nq not stored.
+        for mt in range(MT):
+            for r in range(2):
+                l_row = l[mt, r]
+                l_row += cuda.shfl_xor_sync(FULL, l_row, 1)
+                l_row += cuda.shfl_xor_sync(FULL, l_row, 2)
+                row = i0 + WR * warp + 16 * mt + g + 8 * r
+                if row < n_q:
+                    inv_l = float32(1) / l_row if l_row > float32(0) else float32(0)
+                    o_row = q_base + np.uint64(row) * np.uint64(D) + np.uint64(2 * tq)
+                    for nd in range(NO):
+                        store_u32(address_of(o), o_row + np.uint64(8 * nd),
+                                  pack(acc[mt, nd, 2 * r] * inv_l, acc[mt, nd, 2 * r + 1] * inv_l))
+                    if tq == 0:
+                        lse[b, h, row] = ((c * m[mt, r] + math.log2(l_row)) * LN2 if l_row > float32(0)
+                                          else NEG_INF)
+
+    return flash2_mma
+
+
+def needs(problem, config):
+    from ..harness.runner import Needs
+
+    Br, Bc, stages, warps, MT = tiles(problem, config)
+    D = problem.head_dim
+    threads = 32 * max(1, Br // (16 * MT))
+    return Needs(
+        shared_bytes=shared_bytes(Br, Bc, D, stages),
+        head_dims=HEAD_DIMS,
+        dtypes=DTYPES,
+        rules={
+            "Br is a multiple of 16·MT (a warp owns MT m-tiles of 16 query rows)": Br % (16 * MT) == 0,
+            "MT is 1 or 2": MT in (1, 2),
+            "Bc is a multiple of 32 (P V takes 32 keys per ldmatrix)": Bc % 32 == 0,
+            "stages is 1 or 2 (K/V buffers)": stages in (1, 2),
+            "warps_per_sm <= 64": warps <= 64,
+            "Br and Bc are multiples of threads / (D / 8), the rows copied per step":
+                threads % (D // 8) == 0 and Br % (threads // (D // 8)) == 0
+                and Bc % (threads // (D // 8)) == 0,
+        },
+    )
+
+
+def workspace_bytes(problem, config):
+    """None: as flash2, O, m and l stay on chip."""
+    return 0
+
+
+def launch(problem, config, q, k, v, o, lse, gpu):
+    p = problem
+    Br, Bc, stages, warps, MT = tiles(p, config)
+    left, right = p.mask_bounds()
+    kernel = build(Br, Bc, p.head_dim, stages, p.dtype == "bfloat16", warps, MT)
+    gpu.launch(kernel, (-(-p.seq_q // Br), p.batch * p.heads), 32 * (Br // (16 * MT)),
+               q, k, v, o, lse, LOG2E * np.float32(p.scale), p.group, left, right)
