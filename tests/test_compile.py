@@ -34,7 +34,7 @@ def test_every_rung_compiled(usage):
 
 def test_no_spills_and_shared_memory_in_budget(usage):
     """No spills, except a rung's declared, measured SPILL_BUDGET (flash2_mma: its spill-free configs
-    ran slower on the H100, figures/h100/perf.json)."""
+    ran slower on the H100, figures/h100/perf-variants-mma.json)."""
     from workbench.kernels import get
 
     def budget(u):

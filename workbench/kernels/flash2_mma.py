@@ -42,7 +42,7 @@ Performance tricks:
 - cp.async: K_j and V_j go from global to shared memory without passing through registers, in
   the background; with 4 CTAs per SM, one CTA's copy overlaps the others' maths. `stages=2`
   double-buffers inside the CTA (K_{j+1}, V_{j+1} copied into a second buffer while tile j is
-  computed): on the H100 it measured 3 % slower than one buffer (figures/h100/perf.json), since
+  computed): on the H100 it measured 3 % slower than one buffer (perf-variants-mma.json), since
   it costs 18 KiB more shared memory and more registers for the same 4 CTAs per SM.
 - Register tiling for the tensor cores: `MT = 2` gives a warp 32 rows, so each K/V fragment read
   from shared memory feeds two mma's (FA2's CUDA code does this); it needs ~200 registers and so
@@ -75,11 +75,12 @@ from .common import first_key, last_key, visible
 
 LESSON = "tensor cores: S = QKᵀ and O += PV as mma.sync tiles from a linked .cu, P kept in registers"
 # H100, D <= 64: 4 warps of 16 rows, 64 keys a tile, one K/V buffer, 4 CTAs per SM (128
-# registers). Measured fastest of six variants (figures/h100/perf.json); at D = 128 see tiles().
+# registers). Measured fastest of six variants (figures/h100/perf-variants-mma.json); at
+# D = 128 see tiles().
 DEFAULT_CONFIG = {"Br": 64, "Bc": 64, "stages": 1, "warps_per_sm": 16, "MT": 1}
 # Spills the compile check tolerates at the default config: at 128 registers ptxas keeps about a
 # dozen loop-invariant addresses in local memory (one L1 load each per tile). The spill-free
-# configs (MT = 2, or 8 warps per SM) measured slower: figures/h100/perf.json.
+# configs (MT = 2, or 8 warps per SM) measured slower: figures/h100/perf-variants-mma.json.
 SPILL_BUDGET = 192
 HEAD_DIMS = (32, 64, 128)
 DTYPES = ("float16", "bfloat16")
