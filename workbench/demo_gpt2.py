@@ -19,7 +19,7 @@ For each batch size B and prompt length N (a random prompt):
 2. Generation: T tokens per sequence, greedily (argmax), one token per step through all 12 layers.
    Each step writes the new token's K and V into its cache and attends: (a) `decode`: our decode rung
    (workbench/kernels/decode.py, split-KV over the paged cache, launched through the harness's runner
-   with the problem and config checked once per run), (b) `sdpa`: torch SDPA (its own backend choice)
+   with the problem and config checked once per run), (b) `sdpa`: torch SDPA with its flash backend forced
    over the contiguous cache. Everything else in the model is the same torch code.
 3. Measured: tokens/s = B·T / (wall time of the generation loop, CUDA-synchronised before and after;
    after a 2-step warm-up), and peak memory: torch.cuda.max_memory_allocated during prefill and during
@@ -490,12 +490,12 @@ def figure(data, path):
     if not pts:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for path, style in (("decode", "-"), ("sdpa", "--")):
+    for which, style in (("decode", "-"), ("sdpa", "--")):  # (not `path`: that is the PNG's)
         for b in sorted({p["batch"] for p in pts}):
-            sel = sorted((p for p in pts if p["path"] == path and p["batch"] == b), key=lambda p: p["context"])
+            sel = sorted((p for p in pts if p["path"] == which and p["batch"] == b), key=lambda p: p["context"])
             if not sel:
                 continue
-            label = f"{'decode rung, paged' if path == 'decode' else 'SDPA, contiguous'} B={b}"
+            label = f"{'decode rung, paged' if which == 'decode' else 'SDPA flash, contiguous'} B={b}"
             xs = [p["context"] for p in sel]
             ax1.plot(xs, [p["tokens_per_s"] for p in sel], style, marker="o", label=label)
             ax2.plot(xs, [p["memory"]["peak_generate_MiB"] for p in sel], style, marker="o", label=label)
