@@ -122,10 +122,12 @@ from .warp import FULL_MASK, segment_max, segment_sum
 LESSON = ("FA2 partitioning: a CTA owns a Q block, warps split its rows, O normalised once, "
           "LSE saved, masked tiles skipped")
 # H100: Br query rows per CTA, Bc keys per K/V tile, RM × RN S micro-tile per thread (Br capped at
-# 4096 // D: 64 rows and 128 threads at D <= 64, 32 rows and 64 threads at D = 128), and the warps
-# per SM the register budget is sized for (see min_blocks).
-DEFAULT_CONFIG = {"Br": 64, "Bc": 32, "RM": 4, "RN": 4, "warps_per_sm": 16,
-                  "row_reduce": 1, "kv_buffers": 1, "stages": 1, "d_step": 4, "shared_index": 1}
+# 4096 // D, RM at 4 above D = 64: 64 rows and 64 threads at D <= 64, 32 rows and 64 threads at
+# D = 128), and the warps per SM the register budget is sized for (see min_blocks). The defaults
+# are the fastest of 13 measured variants, "rm8-ua": RM = 8, unsigned shared indices, row max by
+# shuffles, 1.10x SDPA efficient in float32 (figures/h100/perf-variants-flash2.json).
+DEFAULT_CONFIG = {"Br": 64, "Bc": 32, "RM": 8, "RN": 4, "warps_per_sm": 10,
+                  "row_reduce": 2, "kv_buffers": 1, "stages": 1, "d_step": 4, "shared_index": 2}
 # Compile-time variants (issue 8; PERF_NOTES.md predicts and measures each): row_reduce SHARED or
 # SHUFFLE, kv_buffers 1 (K_j then V_j in one buffer) or 2, stages 1 (load, then compute) or 2
 # (tile j+1 in registers while tile j computes), d_step 4, 8 or 16 (elements of D per trip of S),
@@ -159,9 +161,12 @@ else:
 
 
 def tiles(problem, config):
-    """(Br, Bc, RM, RN, TR, TC) for this problem: Br capped at 4096 // D (the Q block rule)."""
-    Br = min(config["Br"], max(config["RM"], Q_BLOCK_ELEMS // problem.head_dim))
-    Bc, RM, RN = config["Bc"], config["RM"], config["RN"]
+    """(Br, Bc, RM, RN, TR, TC) for this problem: Br capped at 4096 // D (the Q block rule), and at
+    D > 64 RM capped at 4 (with Br = 32, RM = 8 would leave a CTA one warp; D = 128 keeps the
+    layout it was measured with)."""
+    RM = min(config["RM"], 4) if problem.head_dim > 64 else config["RM"]
+    Br = min(config["Br"], max(RM, Q_BLOCK_ELEMS // problem.head_dim))
+    Bc, RN = config["Bc"], config["RN"]
     return Br, Bc, RM, RN, Br // RM, Bc // RN
 
 
