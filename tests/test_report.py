@@ -13,11 +13,13 @@ FOLDER = os.path.join(os.path.dirname(__file__), "..", "figures", "h100")
 def test_tables_render_from_the_committed_json_and_replace_only_their_blocks(tmp_path):
     tables = report.render(FOLDER)
     assert "| 4096 |" in tables["speed"] and "flash2" in tables["ladder"]
+    assert "flash2_mma" in tables["ladder-float16"] and "flash2_mma" not in tables["ladder"]  # fp16 only
     assert "| 32768 | OOM | OOM | OOM |" in tables["memory"]  # the page's word, the naive rung, torch
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- report:speed -->\nold\n<!-- /report:speed -->\n"
                       "<!-- report:memory -->\n<!-- /report:memory -->\n"
-                      "<!-- report:ladder -->\n<!-- /report:ladder -->\noutro\n")
+                      "<!-- report:ladder -->\n<!-- /report:ladder -->\n"
+                      "<!-- report:ladder-float16 -->\n<!-- /report:ladder-float16 -->\noutro\n")
     text = report.update_readme(str(readme), tables)
     assert "old" not in text and text.startswith("intro\n") and text.endswith("outro\n")
     assert tables["speed"] in text

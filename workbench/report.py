@@ -65,16 +65,22 @@ def speed_table(folder, dtype="float16") -> str:
 def ladder_table(folder, dtype="float32", seq=4096) -> str:
     data = _load(folder, "ladder")
     prov = data["provenance"]
-    pts = [p for p in data["points"] if p["dtype"] == dtype and p["seq_q"] == seq]
+    from .kernels import LADDER
+
+    rungs = {r.name for r in LADDER}
+    # (a rung or peer that does not take this dtype, e.g. flash2_mma in float32, has no row)
+    pts = [p for p in data["points"] if p["dtype"] == dtype and p["seq_q"] == seq and p["status"] != "n/a"]
     rows = ["| rung | ms | TFLOP/s | × previous rung | peak MiB | model MiB |", "|---|---|---|---|---|---|"]
     prev = None
-    for p in pts:
+    for p in sorted(pts, key=lambda p: p["kernel"] not in rungs):  # rungs in order, then the peers
         t = p.get("timing", {}).get("median_ms")
-        speed = f"{prev / t:.2f}×" if prev and t else "–"
+        rung = p["kernel"] in rungs
+        speed = f"{prev / t:.2f}×" if rung and prev and t else "–"
         mem = p.get("memory", {})
-        rows.append(f"| {p['kernel']} | {_fmt(t)} | {_fmt(p.get('tflops'))} | {speed} | "
+        name = p["kernel"] if rung else f"{p['kernel']} (peer)"
+        rows.append(f"| {name} | {_fmt(t)} | {_fmt(p.get('tflops'))} | {speed} | "
                     f"{_fmt(mem.get('peak_MiB'))} | {_fmt(mem.get('model_MiB'))} |")
-        prev = t
+        prev = t if rung else prev
     note = (f"\n\nB=8 H=32 D=64 N={seq} {dtype}, on {prov['device']} ({prov['date'][:10]}). "
             f"From `figures/{os.path.basename(folder.rstrip('/'))}/ladder.json`.")
     return "\n".join(rows) + note
@@ -119,7 +125,8 @@ def memory_table(folder) -> str:
     return "\n".join(rows) + note
 
 
-TABLES = {"speed": speed_table, "memory": memory_table, "ladder": ladder_table}
+TABLES = {"speed": speed_table, "memory": memory_table, "ladder": ladder_table,
+          "ladder-float16": lambda folder: ladder_table(folder, "float16")}
 
 
 def render(folder) -> dict:
