@@ -67,11 +67,12 @@ Performance tricks, one sentence each:
   D = 128 keep the same Bc within Numba's 48 KiB of static shared memory (at the price of two more
   barriers).
 - Occupancy: launch_bounds caps the registers so that min(warps_per_sm / warps per CTA, CTAs that
-  shared memory admits) CTAs fit an SM. 128 registers and 4 CTAs of 4 warps at D <= 64; 168
-  registers and 5 CTAs of 2 warps at D = 128; no spills. While one CTA waits at a barrier for
-  its K_j or V_j, the others compute.
-- Variants, chosen by config keys (defaults: the first of each; PERF_NOTES.md, "v1 candidates",
-  predicts and measures them):
+  shared memory admits) CTAs fit an SM. 168 registers and 6 CTAs of 2 warps at D <= 64 (RM = 8);
+  168 registers and 5 CTAs of 2 warps at D = 128 (RM = 4); no spills. While one CTA waits at a
+  barrier for its K_j or V_j, the others compute.
+- Variants, chosen by config keys (PERF_NOTES.md predicts and measures them; the default is the
+  fastest measured, "rm8-ua": RM = 8, shared_index UNSIGNED, row_reduce SHUFFLE, one K/V buffer,
+  stages 1, d_step 4 — 1.10x SDPA efficient in float32 where v0 (RM = 4, SIGNED, SHARED) was 0.92x):
   - shared_index UNSIGNED: the S and P V loops cast their shared-memory indices to unsigned, so
     each Q_i, K_j, P, V_j row is one address plus constant offsets, not a compare, a select and
     two multiply-adds per 16-byte load.
@@ -181,7 +182,7 @@ def shared_bytes(Br, Bc, D, TC, row_reduce=SHARED, kv_buffers=1):
 def min_blocks(threads, smem, warps_per_sm):
     """CTAs per SM the register budget is sized for (launch_bounds' second number): as many as the
     shared memory admits on an H100 (228 KiB per SM, 1 KiB of it reserved per CTA), but no more
-    than warps_per_sm warps. With the defaults: 4 CTAs of 128 threads at D <= 64 (128 registers a
+    than warps_per_sm warps. With the defaults: 6 CTAs of 64 threads at D <= 64 (168 registers a
     thread), 5 CTAs of 64 threads at D = 128 (shared memory's limit; ptxas uses 168)."""
     return max(1, min(warps_per_sm * 32 // threads, SM_SHARED // (smem + CTA_RESERVED)))
 
