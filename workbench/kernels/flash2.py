@@ -42,8 +42,9 @@ What changes against flash1, and why:
 - Warps split the rows: the CTA's threads form a TR × TC grid. Thread (tr, tc) owns RM query rows
   r = tr + TR·a (a < RM), and for each of them RN keys c = tc + TC·b (b < RN) of S and D / TC
   columns of O. The TC threads that share a row are consecutive, inside one warp, so the row max
-  (the one value a tile needs from other threads) goes through a small shared array and a warp
-  barrier (or, with row_reduce = SHUFFLE, warp shuffles). The row sum needs no exchange inside
+  (the one value a tile needs from other threads) is a butterfly of warp shuffles by default
+  (row_reduce = SHUFFLE), or goes through a small shared array and a warp barrier (SHARED, the
+  path the assignment teaches). The row sum needs no exchange inside
   the loop: alpha is the same for all TC threads of a row, so each keeps l over its own keys and
   the TC partial sums are added once, at the end.
 
