@@ -23,7 +23,7 @@ def usage(tmp_path_factory):
     return json.loads(out.read_text())
 
 
-def test_every_rung_compiled(usage):
+def check_every_rung_compiled(usage):
     from workbench import LADDER
 
     assert {u["rung"] for u in usage} == {r.name for r in LADDER}
@@ -32,7 +32,7 @@ def test_every_rung_compiled(usage):
     assert "flash2" in {u["rung"] for u in usage if u["dtype"] == "bfloat16"}
 
 
-def test_no_spills_and_shared_memory_in_budget(usage):
+def check_no_spills_and_shared_memory_in_budget(usage):
     """No spills, except a rung's declared, measured SPILL_BUDGET (flash2_mma: its spill-free configs
     ran slower on the H100, figures/h100/perf-variants-mma.json)."""
     from workbench.kernels import get
@@ -46,7 +46,7 @@ def test_no_spills_and_shared_memory_in_budget(usage):
     assert "flash2_mma" in {u["rung"] for u in usage if u["dtype"] in ("float16", "bfloat16")}
 
 
-def test_declared_shared_memory_is_what_the_compiler_allocated(usage):
+def check_declared_shared_memory_is_what_the_compiler_allocated(usage):
     """A rung's needs().shared_bytes is what the harness checks configs with: it must be true."""
     from workbench import LADDER, Problem
 
@@ -61,3 +61,11 @@ def test_declared_shared_memory_is_what_the_compiler_allocated(usage):
                 actual = max(u["shared_bytes"] for u in usage
                              if u["rung"] == rung.name and u["dtype"] == dtype and u["head_dim"] == d)
                 assert declared >= actual, (rung.name, dtype, d, declared, actual)
+
+
+def test_compiled_kernels(usage):
+    """One test for the three checks: under pytest-xdist each worker that ran one of them would
+    compile every kernel again (a minute of CPU each)."""
+    check_every_rung_compiled(usage)
+    check_no_spills_and_shared_memory_in_budget(usage)
+    check_declared_shared_memory_is_what_the_compiler_allocated(usage)
