@@ -5,7 +5,7 @@
 
 The .ipynb files are the deliverable (open them in Jupyter); this file is where they are edited, so
 that a change is one reviewable diff and the notebooks stay free of outputs. Every code cell uses
-the package (workbench.*) and never copies a kernel: kernels are shown with workbench.course.show.
+the package (workbench.*) and never copies a kernel: kernels are shown with workbench.course.helpers.show.
 
 Each notebook runs top to bottom in the simulator (no GPU: tiny sizes, committed H100 data from
 figures/h100/) and on a GPU (real sizes, measured live); tests/test_notebooks.py runs them all.
@@ -35,7 +35,9 @@ SETUP = code("""
     import matplotlib.pyplot as plt
 
     import workbench
-    from workbench import Problem, course, diagrams, reference
+    from workbench import Problem, reference
+    from workbench.course import helpers as course
+    from workbench.course import diagrams
     from workbench.harness.verify import check
 
     SIM = course.simulator()  # no GPU: Numba's CUDA simulator, tiny sizes, committed H100 data
@@ -130,13 +132,14 @@ NOTEBOOKS["00-mental-model"] = [
     FLOPs / bytes of a computation is its *arithmetic intensity*; where it is below the GPU's
     *ridge point* (peak FLOP/s ÷ bandwidth) the kernel waits on memory, above it on arithmetic.
 
-    `workbench.traffic_model.phases` counts each phase of unfused attention: its FLOPs (2·D per visible
+    `workbench.bench.traffic_model.phases` counts each phase of unfused attention: its FLOPs (2·D per visible
     pair for QKᵀ and again for PV; ~5 per pair for the softmax) and the fewest bytes it could move
     (every operand read once, every result written once). The ceilings are the ones we measured on
-    the H100 (cuBLAS SGEMM in float32, and a device-memory copy), kept in `workbench.plots.MEASURED_PEAKS`.
+    the H100 (cuBLAS SGEMM in float32, and a device-memory copy), kept in `workbench.bench.plots.MEASURED_PEAKS`.
     """),
     code("""
-    from workbench import plots, traffic_model
+    from workbench.bench import plots
+    from workbench.bench import traffic_model
 
     peak_tflops, peak_gbps = plots.MEASURED_PEAKS["h100"]
     ridge = peak_tflops * 1e12 / (peak_gbps * 1e9)
@@ -284,7 +287,7 @@ NOTEBOOKS["01-naive"] = [
     """),
     SETUP,
     code("""
-    from workbench import plots
+    from workbench.bench import plots
     from workbench.harness import memory, runner
     from workbench.kernels import get, naive
 
@@ -366,11 +369,11 @@ NOTEBOOKS["01-naive"] = [
 
     Memory is one cost; traffic is the other. Thread (i, j) of `scores` reads row i of Q and row j
     of K; so does every other thread — each row of Q is read N times, once per key. `pv` reads a
-    row of P and a column of V per output element, so P is read D times. `workbench.traffic_model.requested`
+    row of P and a column of V per output element, so P is read D times. `workbench.bench.traffic_model.requested`
     counts what the kernels' loads and stores ask of device memory, before any cache:
     """),
     code("""
-    from workbench import traffic_model
+    from workbench.bench import traffic_model
 
     p = Problem(8, 32, 32, 4096, 4096, 64, "float32")
     asked = traffic_model.requested("naive", p)
@@ -430,7 +433,7 @@ NOTEBOOKS["02-tiled"] = [
     """),
     SETUP,
     code("""
-    from workbench import traffic_model
+    from workbench.bench import traffic_model
     from workbench.harness import runner
     from workbench.kernels import get, tiled
 
@@ -740,7 +743,8 @@ NOTEBOOKS["04-flash1-vs-flash2"] = [
     """),
     SETUP,
     code("""
-    from workbench import plots, traffic_model
+    from workbench.bench import plots
+    from workbench.bench import traffic_model
     from workbench.harness import runner
     from workbench.kernels import flash1, flash2, get, online
 
@@ -842,10 +846,10 @@ NOTEBOOKS["04-flash1-vs-flash2"] = [
     has no API for them), but the loop orders are theirs.
     """),
     code("""
-    from workbench import seed
+    from workbench.bench import benchmark_page
     import tempfile
 
-    page = seed.table("versions")
+    page = claims.table("versions")
     print("page, forward ms:", {c: page.num("Forward time (ms)", c) for c in page.columns[1:]})
     if SIM:
         data = course.committed("seed-versions")
@@ -863,7 +867,7 @@ NOTEBOOKS["04-flash1-vs-flash2"] = [
                 print(f"N = {n}, {dtype}: flash2 is {a / b:.1f}x faster than flash1")
     if SIM:
         course.show_png(plots.bars(data, f"{tempfile.mkdtemp()}/versions-bars.png",
-                                   plots.pick_claims(seed.claims_for("seed-versions"), "H100")))
+                                   plots.pick_claims(claims.claims_for("seed-versions"), "H100")))
     """),
     md("""
     flash1 is slower than rung 3 (notebook 03), which reads K/V many times: the O, m, l round trips,
@@ -889,7 +893,7 @@ NOTEBOOKS["05-scaling-and-memory"] = [
     md("""
     # 05 — Scaling and memory: the seed page, reproduced and checked
 
-    The project started from a page of FlashAttention benchmarks (`workbench.seed` holds its tables
+    The project started from a page of FlashAttention benchmarks (`workbench.bench.benchmark_page` holds its tables
     exactly as written). This notebook puts its tables beside what we measured on an H100, redraws
     the figures from the committed data, and checks the page against itself and against physics:
     several of its numbers cannot be right.
@@ -899,12 +903,14 @@ NOTEBOOKS["05-scaling-and-memory"] = [
     import tempfile
     import textwrap
 
-    from workbench import plots, report, seed
+    from workbench.bench import plots
+    from workbench.bench import report
+    from workbench.bench import benchmark_page
     from workbench.harness import memory
     from workbench.kernels import get
 
     def print_table(key):
-        t = seed.table(key)
+        t = claims.table(key)
         print(f"{t.title}  [{t.key}]")
         for row in (t.columns, *t.rows):
             print("  " + " | ".join(f"{c:>12s}" for c in row))
@@ -916,7 +922,7 @@ NOTEBOOKS["05-scaling-and-memory"] = [
     md("""
     ## The page beside the H100
 
-    The README's table, generated from `figures/h100/seed-speed.json` by `workbench.report`: "Standard"
+    The README's table, generated from `figures/h100/seed-speed.json` by `workbench.bench.report`: "Standard"
     is our naive rung and PyTorch's matmul-softmax-matmul, "Flash Attn 2" our flash2 rung and PyTorch
     SDPA's flash backend, FA3-class SDPA's cuDNN backend.
     """),
@@ -926,7 +932,7 @@ NOTEBOOKS["05-scaling-and-memory"] = [
     md("""
     ## The figures, redrawn from the committed data
 
-    `workbench.plots` draws from compare's JSON; here into a temporary folder (the committed PNGs in
+    `workbench.bench.plots` draws from compare's JSON; here into a temporary folder (the committed PNGs in
     `figures/h100/` are the same drawings). Hollow markers on dotted lines are the page's claims.
     """),
     code("""
@@ -936,7 +942,7 @@ NOTEBOOKS["05-scaling-and-memory"] = [
     for suite, draw in drawings:
         data = course.committed(suite)
         print(course.source_line(data))
-        claims = plots.pick_claims(seed.claims_for(suite), "H100")
+        claims = plots.pick_claims(claims.claims_for(suite), "H100")
         course.show_png(draw(data, f"{tmp}/{suite}.png", claims))
     """),
     md("""
@@ -947,11 +953,11 @@ NOTEBOOKS["05-scaling-and-memory"] = [
 
     ## Where the page is wrong
 
-    `seed.findings()` checks every table against its own arithmetic and against hardware facts
+    `claims.findings()` checks every table against its own arithmetic and against hardware facts
     (FLOPs from `Problem.flops`, the H100's datasheet peaks). Each finding starts with a verdict:
     """),
     code("""
-    for text in seed.findings():
+    for text in claims.findings():
         print(textwrap.fill(text, 110, subsequent_indent="    "), end="\\n\\n")
     """),
     md("""
@@ -959,7 +965,7 @@ NOTEBOOKS["05-scaling-and-memory"] = [
     matrix at B = 8, H = 32 is:
     """),
     code("""
-    s_bytes = seed.score_matrix_bytes(8, 32, 512, 512, 2)
+    s_bytes = claims.score_matrix_bytes(8, 32, 512, 512, 2)
     print(f"{s_bytes / 2**20:.0f} MiB, {s_bytes / 2**20 / 8:.0f}x the page's 8 MB")
     flops = Problem(8, 32, 32, 4096, 4096, 64).flops()
     print(f"versions table: {flops:.3e} FLOP in 12.5 ms = {flops / 12.5e-3 / 1e12:.0f} TFLOP/s, the page says 420")
@@ -983,13 +989,13 @@ NOTEBOOKS["05-scaling-and-memory"] = [
     tiny = [Problem(1, 2, 2, 16, 16, 16, "float16")] if SIM else []
     for pt in course.measure(["naive", "flash2"], tiny):
         print(f"{pt['kernel']:7s} {pt['problem']:30s} {pt['status']}")
-    std, fa2 = seed.table("memory-standard"), seed.table("memory-flash2")
+    std, fa2 = claims.table("memory-standard"), claims.table("memory-flash2")
     print(f"\\n{'N':>6s} {'page Standard':>14s} {'naive model':>12s} {'page FA2':>9s} {'flash2 model':>13s}   (MiB; float16, B=8 H=32 D=64)")
     for n in std.seqs():
         p = Problem(8, 32, 32, n, n, 64, "float16")
         naive_mib = memory.model_bytes(get("naive"), p, {}) / 2**20
         fa2_mib = memory.model_bytes(get("flash2"), p, {}) / 2**20
-        print(f"{n:6d} {seed.mib(std.cell(n, 'Total')):14,.0f} {naive_mib:12,.0f} {seed.mib(fa2.cell(n, 'Total')):9,.0f} {fa2_mib:13,.0f}")
+        print(f"{n:6d} {claims.mib(std.cell(n, 'Total')):14,.0f} {naive_mib:12,.0f} {claims.mib(fa2.cell(n, 'Total')):9,.0f} {fa2_mib:13,.0f}")
     """),
     md("""
     ## Live (GPU)
@@ -1013,13 +1019,13 @@ NOTEBOOKS["05-scaling-and-memory"] = [
     ## Exercises
 
     1. The page's Attention Matrix cells are N²·32 bytes. Which (batch, heads, dtype) would make
-       them right? (`seed.shapes_for_bytes_per_pair(32)`.) Are any of them the page's stated config?
+       them right? (`claims.shapes_for_bytes_per_pair(32)`.) Are any of them the page's stated config?
     2. From `course.committed("seed-scaling")`, fit the exponent of time against N for naive and
-       for flash2 with `seed.fit_exponent` (float16 points). What would "time per token is
+       for flash2 with `claims.fit_exponent` (float16 points). What would "time per token is
        constant" require?
     3. In `figures/h100/seed-speed.json`, by what factor does SDPA's flash backend beat the page's
        FA2 times at each N? (`course.ms(points, "sdpa-flash", seq_q=n, dtype="float16")` and
-       `seed.table("h100-speed").series("Flash Attn 2")`.)
+       `claims.table("h100-speed").series("Flash Attn 2")`.)
     """),
 ]
 
@@ -1035,7 +1041,7 @@ NOTEBOOKS["06-variants"] = [
     """),
     SETUP,
     code("""
-    from workbench import traffic_model
+    from workbench.bench import traffic_model
     from workbench.kernels import common, flash2, get
     """),
     md("""

@@ -57,7 +57,7 @@ def main(out_dir, names=None) -> int:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     import workbench
-    from workbench import assignments as A
+    from workbench.course import assignments as A
     from workbench.harness.device import provenance
 
     if workbench.mode() != "gpu":

@@ -8,7 +8,7 @@ inference and model tables re-measured.
    on sampled key/value heads, two launches bitwise equal; SDPA's own gradients against the same
    float64 beside ours.
 2. autograd: a tiny causal transformer block trained a few SGD steps through
-   `workbench.training.flash_attention` and through SDPA from the same weights: the losses side by side.
+   `workbench.api.training.flash_attention` and through SDPA from the same weights: the losses side by side.
 3. verify-decode: the decode rung on odd paged caches (shuffled blocks, partial last blocks, block
    sizes 5/7/16/32, GQA/MQA, several new tokens) against float64 on the gathered cache.
 4. seed-training: forward+backward of one attention layer at Llama-2-7B's shape (32 heads, D=128,
@@ -18,7 +18,7 @@ inference and model tables re-measured.
    512..32K tokens: our decode rung, SDPA on a contiguous cache, torch gather of the paged cache +
    SDPA, torch standard -> tokens/s.
    seed-models: forward and forward+backward at each listed model's attention shape.
-   (The three suites live in workbench/suites_training.py; `python -m workbench.compare --suite
+   (The three suites live in workbench/suites_training.py; `python -m workbench.bench.compare --suite
    seed-training|seed-inference|seed-models --out DIR` runs one alone, with the same JSON.)
 
 Writes OUTDIR/training-inference-checks.json (verification, autograd, FP8 sections), seed-training.json,
@@ -38,11 +38,12 @@ import traceback
 import numpy as np
 
 import workbench
-from workbench import Problem, training
-from workbench import decode as dec
-from workbench import suites_training as st
+from workbench import Problem
+from workbench.api import training
+from workbench.api import inference as dec
+from workbench.bench import suites_training as st
 from workbench.harness import runner
-from workbench.suites_training import free_torch
+from workbench.bench.suites_training import free_torch
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "out-training-inference"
 os.makedirs(OUT, exist_ok=True)
@@ -230,7 +231,8 @@ def seed_models():
 # 5. FP8 (e4m3) storage of the KV cache, emulated (Numba has no FP8 tensor-core path)
 # --------------------------------------------------------------------------------------------------
 def fp8_emulation():
-    from workbench import fp8, reference
+    from workbench import reference
+    from workbench.demos import fp8
 
     n, heads, dim = (24, 2, 16) if SIM else (4096, 32, 128)
     p = decode_problem(1, heads, heads, 1, dim, 16 if not SIM else 4, (n,))

@@ -9,7 +9,7 @@ a cell's last expression is printed as Jupyter would display it; matplotlib runs
 every figure a cell leaves open is saved as OUTDIR/<notebook>/<notebook>-cellNN-K.png.
 
 Writes OUTDIR/<notebook>.log (everything the notebook printed), OUTDIR/<notebook>/ (its figures and,
-on a GPU, its measurements as JSON: `workbench.course.record`), and OUTDIR/notebooks.json: per
+on a GPU, its measurements as JSON: `workbench.course.helpers.record`), and OUTDIR/notebooks.json: per
 notebook the seconds it took, ok or the failing cell with its traceback, per-cell seconds, and the
 provenance (device, versions, date, command). Prints a table last. Exit status 1 if any failed.
 (tests/test_notebooks.py runs the notebooks under the real Jupyter machinery with nbclient.)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench import assignments as A
+from workbench.course import assignments as A
 
 SEED = 20261125  # the grade seed: hidden shapes and every input are drawn from it
 SLOW = Path(__file__).parent / "data" / "assignments" / "online-softmax-slow.py"

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import workbench  # noqa: F401  (selects the simulator before anything imports Numba)
-from workbench import Problem, reference, training
+from workbench import Problem, reference
+from workbench.api import training
 
 # --------------------------------------------------------------------------------------------------
 # The reference against central differences of L = Σ O ∘ G (so ∂L/∂O = G = dO)

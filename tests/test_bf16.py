@@ -8,7 +8,8 @@ import pytest
 import workbench
 from numba import cuda  # (after workbench, which chooses the simulator)
 
-from workbench import Problem, reference, training
+from workbench import Problem, reference
+from workbench.api import training
 from workbench.harness import runner, verify
 from workbench.kernels.common import bf16_bits, load_f32
 

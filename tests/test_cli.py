@@ -6,13 +6,13 @@ import subprocess
 import sys
 
 import workbench  # noqa: F401
-from workbench import compare
+from workbench.bench import compare
 from workbench.harness import verify
 
 
 def test_compare_runs_and_writes_json(tmp_path):
     out = tmp_path / "c.json"
-    proc = subprocess.run([sys.executable, "-m", "workbench.compare", "--kernels", "naive", "--seq", "9",
+    proc = subprocess.run([sys.executable, "-m", "workbench.bench.compare", "--kernels", "naive", "--seq", "9",
                            "--heads", "2", "--kv-heads", "1", "--dim", "8", "--causal", "--json", str(out)],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
@@ -38,7 +38,7 @@ def test_compare_exit_code_is_nonzero_when_a_rung_fails(monkeypatch, capsys):
 
 
 def test_compare_rejects_unknown_kernel():
-    proc = subprocess.run([sys.executable, "-m", "workbench.compare", "--kernels", "nope"],
+    proc = subprocess.run([sys.executable, "-m", "workbench.bench.compare", "--kernels", "nope"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "unknown kernel 'nope'" in proc.stderr
 

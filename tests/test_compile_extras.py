@@ -1,4 +1,4 @@
-"""Occupancy (workbench.harness.occupancy) by hand; `python -m workbench.inspect --ptx/--sass`; and
+"""Occupancy (workbench.harness.occupancy) by hand; `python -m workbench.bench.resources --ptx/--sass`; and
 the warp kernels compiled for sm_90 with the hardware's shuffle segments — the last two in
 subprocesses with the simulator off (Numba fixes the mode at import)."""
 
@@ -46,7 +46,7 @@ def _nvdisasm():
 
 def test_inspect_occupancy_ptx_and_sass(tmp_path):
     out = tmp_path / "usage.json"
-    cmd = [sys.executable, "-m", "workbench.inspect", "--kernels", "online", "--dim", "64",
+    cmd = [sys.executable, "-m", "workbench.bench.resources", "--kernels", "online", "--dim", "64",
            "--dtype", "float32", "--json", str(out), "--ptx", str(tmp_path / "ptx"),
            "--sass", str(tmp_path / "sass")]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)

@@ -1,5 +1,5 @@
-"""workbench.course: the notebooks' helpers (source display, committed data, tables, recording) and
-workbench.diagrams' drawings (each returns a figure with something drawn on it)."""
+"""workbench.course.helpers: the notebooks' helpers (source display, committed data, tables, recording) and
+workbench.course.diagrams' drawings (each returns a figure with something drawn on it)."""
 
 import json
 
@@ -8,7 +8,9 @@ import pytest
 
 matplotlib.use("Agg")
 
-from workbench import Problem, course, diagrams  # noqa: E402
+from workbench import Problem
+from workbench.course import helpers as course
+from workbench.course import diagrams  # noqa: E402
 from workbench.kernels import flash1, naive, online  # noqa: E402
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import workbench  # noqa: F401  (selects the simulator before anything imports Numba)
 from workbench import reference
-from workbench.decode import DecodeProblem, check_decode, decode, make_decode_inputs, paged_cache
+from workbench.api.inference import DecodeProblem, check_decode, decode, make_decode_inputs, paged_cache
 
 
 def problem(batch, heads, kv_heads, nq, d, block, lens, dtype="float32", **kw):
@@ -78,14 +78,14 @@ def test_decode_validation():
 
 
 def test_training_inference_and_model_claims():
-    from workbench import seed
+    from workbench.bench import benchmark_page
 
-    train = seed.claims_for("seed-training")
+    train = benchmark_page.claims_for("seed-training")
     assert {(c.batch, c.seq) for c in train} == {(4, 2048), (8, 2048), (4, 4096), (8, 4096), (2, 8192)}
     oom = [c for c in train if c.value is None]
     assert [(c.batch, c.seq, c.note) for c in oom] == [(8, 4096, "OOM"), (8, 4096, "Enabled")]
-    inf = seed.claims_for("seed-inference")
+    inf = benchmark_page.claims_for("seed-inference")
     assert [c.seq for c in inf if c.column.startswith("Flash")] == [512, 2048, 4096, 8192, 16384]
-    models = seed.claims_for("seed-models")
+    models = benchmark_page.claims_for("seed-models")
     assert {(c.heads, c.head_dim) for c in models} == set(
-        (h, d) for h, _, d in seed.MODEL_SHAPES.values())
+        (h, d) for h, _, d in benchmark_page.MODEL_SHAPES.values())

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import workbench  # noqa: F401  (selects the simulator before anything imports Numba)
-from workbench import demo_gpt2, reference
-from workbench.decode import decode
-from workbench.demo_gpt2 import PagedBook
+from workbench import reference
+from workbench.demos import gpt2 as demo_gpt2
+from workbench.api.inference import decode
+from workbench.demos.gpt2 import PagedBook
 
 
 def test_paged_book_drives_the_decode_rung_like_the_demo():

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from workbench import fp8
+from workbench.demos import fp8
 
 
 def test_e4m3_table_and_round_trip():

@@ -66,9 +66,9 @@ def test_notebooks_match_their_source():
 
 # Short names the notebooks use for package modules (`course.show`, `flash2.tiles`, ...).
 MODULES = {
-    "workbench": "workbench", "course": "workbench.course", "diagrams": "workbench.diagrams",
-    "traffic_model": "workbench.traffic_model", "seed": "workbench.seed", "plots": "workbench.plots",
-    "reference": "workbench.reference", "report": "workbench.report", "runner": "workbench.harness.runner",
+    "workbench": "workbench", "course": "workbench.course.helpers", "diagrams": "workbench.course.diagrams",
+    "traffic_model": "workbench.bench.traffic_model", "seed": "workbench.bench.benchmark_page", "plots": "workbench.bench.plots",
+    "reference": "workbench.reference", "report": "workbench.bench.report", "runner": "workbench.harness.runner",
     "memory": "workbench.harness.memory", "verify": "workbench.harness.verify", "common": "workbench.kernels.common",
     **{r: f"workbench.kernels.{r}" for r in ("naive", "tiled", "online", "flash1", "flash2")},
 }

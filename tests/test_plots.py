@@ -4,7 +4,8 @@ peers) and for simulator JSON (no timing: time figures skipped, memory from the 
 import json
 import struct
 
-from workbench import plots, seed
+from workbench.bench import plots
+from workbench.bench import benchmark_page
 from workbench.problem import Problem
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -60,7 +61,7 @@ def fake(timed=True, seqs=(512, 1024, 2048, 4096, 8192, 16384), batch=8, heads=3
                                          model=None, peak=io + 2 * s / 2, ms=pr.flops() / 40e12 * 1e3))
     prov = {"device": "NVIDIA H100 80GB HBM3" if timed else "Numba CUDA simulator (CPU)",
             "date": "2026-11-25T07:04:09+00:00", "numba": "0.68.0", "numba_cuda": "0.30.4",
-            "command": "python -m workbench.compare --suite ladder", "mode": "gpu" if timed else "simulator"}
+            "command": "python -m workbench.bench.compare --suite ladder", "mode": "gpu" if timed else "simulator"}
     return {"provenance": prov, "suite": suite, "points": points}
 
 
@@ -75,7 +76,7 @@ def _png(path):
 def test_every_figure_from_gpu_json_with_oom(tmp_path):
     data = fake(seqs=(512, 8192))  # naive and tiled in float32 run out of memory at 8192
     assert {p["kernel"] for p in data["points"] if p["status"] == "OOM"} >= {"naive", "tiled"}
-    claims = plots.pick_claims(seed.claims_for("ladder"), data["provenance"]["device"])
+    claims = plots.pick_claims(benchmark_page.claims_for("ladder"), data["provenance"]["device"])
     open_before = set(plots.plt.get_fignums())  # figures other tests in this process left open
     paths = [plots.time_vs_seq(data, tmp_path / "t.png", claims),
              plots.memory_vs_seq(data, tmp_path / "m.png", claims),
@@ -167,7 +168,7 @@ def test_single_seq_suite_gets_bars_with_page_claims(tmp_path):
 
 def test_claims_are_matched_to_panels():
     data = fake(seqs=(512, 1024), peers=False)
-    claims = seed.claims_for("seed-speed")
+    claims = benchmark_page.claims_for("seed-speed")
     (key32, _), (key16, _) = plots.panels(data["points"])
     found = plots._claims_in(claims, key16, {"time"})
     assert any("H100" in label for label, _ in found)
@@ -175,7 +176,7 @@ def test_claims_are_matched_to_panels():
     h100 = plots.pick_claims(claims, "NVIDIA H100 80GB HBM3")
     assert {c.gpu for c in h100} == {"H100 80GB"}
     # seed-scaling has only A100 rows: kept, since the page has nothing for the H100
-    assert plots.pick_claims(seed.claims_for("seed-scaling"), "NVIDIA H100 80GB HBM3")
+    assert plots.pick_claims(benchmark_page.claims_for("seed-scaling"), "NVIDIA H100 80GB HBM3")
 
 
 def test_unknown_kernels_get_a_style():

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from workbench import report
+from workbench.bench import report
 
 FOLDER = os.path.join(os.path.dirname(__file__), "..", "figures", "h100")
 
@@ -39,4 +39,4 @@ def test_readme_tables_are_current():
         pytest.skip("no H100 data")
     text = open(os.path.join(root, "README.md")).read()
     for body in report.render(FOLDER).values():
-        assert body in text, "README tables are stale: run python -m workbench.report figures/h100"
+        assert body in text, "README tables are stale: run python -m workbench.bench.report figures/h100"

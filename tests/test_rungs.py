@@ -7,7 +7,7 @@ import pytest
 import workbench
 from workbench import LADDER, Problem
 from workbench.harness import verify
-from workbench.suites import SIM_VERIFY
+from workbench.bench.suites import SIM_VERIFY
 
 LADDER_CASES = list(SIM_VERIFY)  # seq 1/7/33/97, Nq≠Nkv both ways, masks, GQA, D, dtypes
 

@@ -124,7 +124,7 @@ def test_traffic_refuses_bad_input_before_running():
 
 
 def test_cli_writes_json_csv_and_png(tmp_path):
-    from workbench.sim.traffic import main
+    from workbench.bench.traffic_figure import main
 
     assert main(["--out", str(tmp_path), "--seq", "8", "12", "--dim", "16",
                  "--kernels", "naive,online"]) == 0

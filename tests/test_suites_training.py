@@ -1,4 +1,4 @@
-"""`python -m workbench.compare --suite seed-training|seed-inference|seed-models`: in the simulator a
+"""`python -m workbench.bench.compare --suite seed-training|seed-inference|seed-models`: in the simulator a
 tiny run that verifies our rungs against float64, records the torch peers n/a and says that no time
 was measured; on H100 data, the page's claims beside the measurements."""
 
@@ -10,15 +10,16 @@ import sys
 import pytest
 
 import workbench  # noqa: F401
-from workbench import compare, seed
-from workbench import decode as dec
-from workbench import suites_training as st
+from workbench.bench import compare
+from workbench.bench import benchmark_page
+from workbench.api import inference as dec
+from workbench.bench import suites_training as st
 
 H100 = os.path.join(os.path.dirname(__file__), "..", "figures", "h100")
 
 
 def test_compare_seed_inference_in_the_simulator(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "workbench.compare", "--suite", "seed-inference", "--seq", "21",
+    proc = subprocess.run([sys.executable, "-m", "workbench.bench.compare", "--suite", "seed-inference", "--seq", "21",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -89,7 +90,7 @@ def test_claims_beside_the_h100_measurements(capsys):
     rows = st.claims_beside(points, "seed-inference")
     ours = next(p for p in points if p["kernel"] == "decode" and p["context"] == 2048)
     (row,) = [r for r in rows if r[1] == "decode" and r[0].seq == 2048]
-    claim = next(c for c in seed.claims_for("seed-inference") if c.seq == 2048 and c.column.startswith("Flash"))
+    claim = next(c for c in benchmark_page.claims_for("seed-inference") if c.seq == 2048 and c.column.startswith("Flash"))
     assert row[2] == ours["tokens_per_s_32_layers_attention_only"] and row[4] == row[2] / claim.value
     st.print_claims(points, "seed-inference")
     assert f"{row[4]:.2f}×" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""workbench.traffic_model (the rungs' device-memory traffic as formulas) and the tile rule the
+"""workbench.bench.traffic_model (the rungs' device-memory traffic as formulas) and the tile rule the
 course's pictures draw (diagrams.flash2_tile_kinds): against the simulator's load-by-load count,
 against the mask, and against the re-read factors the rungs' docstrings state."""
 
@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from workbench import Problem, diagrams, traffic_model
+from workbench import Problem
+from workbench.course import diagrams
+from workbench.bench import traffic_model
 from workbench.kernels import flash2
 from workbench.reference import visible_mask
 

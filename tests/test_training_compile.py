@@ -11,8 +11,10 @@ from workbench.harness.device import H100
 SCRIPT = r"""
 import json, os, sys
 os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
-from workbench import Problem, decode, training
-from workbench.inspect import compile_usage
+from workbench import Problem
+from workbench.api import inference as decode
+from workbench.api import training
+from workbench.bench.resources import compile_usage
 out, seen = [], set()
 def add(kind, launches, declared, label):
     for l in launches:

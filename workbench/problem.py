@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dtypes import host_dtype
+from workbench.dtypes import host_dtype
 
 # I/O dtypes (accumulation is always float32). bfloat16 is ml_dtypes.bfloat16 on the host and reaches
 # a rung as uint16 bit patterns (workbench/dtypes.py); not every rung takes it (Needs.dtypes).

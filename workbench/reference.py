@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .problem import Problem
+from workbench.problem import Problem
 
 
 ROW_CHUNK_ELEMENTS = 1 << 26  # 512 MiB of float64 scores at a time, whatever the sequence length

@@ -1,135 +1,13 @@
-"""Simulator or GPU: chosen once, before Numba is imported.
-
-Numba fixes `NUMBA_ENABLE_CUDASIM` the first time `numba` is imported, so the choice has to be made
-here, by asking the CUDA driver directly (through ctypes, without Numba) whether there is a device.
-
-- The user's own `NUMBA_ENABLE_CUDASIM` always wins.
-- Otherwise, no usable driver or no device -> the simulator, announced once on stderr.
-- If Numba was imported before workbench and there is no GPU, we cannot switch any more: warn.
-
-Also here: the device facts the harness checks launches against, and the sizes that suit each mode.
-"""
+"""The device the harness launches on: the limits launches are checked against, a short name for
+its figures folder, and the provenance every JSON we write carries. Simulator or GPU is chosen by
+`workbench.target` (re-exported here: `device.simulator()`)."""
 
 from __future__ import annotations
 
-import ctypes
-import os
 import sys
-import warnings
 from dataclasses import dataclass
 
-_ENV = "NUMBA_ENABLE_CUDASIM"
-_mode: str | None = None
-_reason: str = ""
-
-
-def _driver_has_device() -> tuple[bool, str]:
-    """Ask libcuda for a device without importing Numba (which would freeze the mode)."""
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    else:
-        return False, "no CUDA driver library (libcuda) found"
-    if lib.cuInit(0) != 0:
-        return False, "the CUDA driver failed to initialise (cuInit)"
-    count = ctypes.c_int(0)
-    if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
-        return False, "the CUDA driver reports no device"
-    return True, f"{count.value} CUDA device(s)"
-
-
-def select_mode() -> str:
-    """Decide 'simulator' or 'gpu' once per process; idempotent."""
-    global _mode, _reason
-    if _mode is not None:
-        return _mode
-    user = os.environ.get(_ENV)
-    if user is not None and user.strip() not in ("", "0"):
-        _mode, _reason = "simulator", f"{_ENV}={user} was set by the user"
-    elif user is not None:
-        _mode, _reason = "gpu", f"{_ENV}={user} was set by the user"
-    else:
-        ok, why = _driver_has_device()
-        if ok:
-            _mode, _reason = "gpu", why
-        elif "numba" in sys.modules:
-            _mode, _reason = "gpu", why
-            warnings.warn(
-                f"workbench: {why}, but Numba was imported before workbench, so its CUDA simulator "
-                f"can no longer be switched on and kernels will fail to launch. Import workbench "
-                f"first, or set {_ENV}=1 before starting Python.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        else:
-            os.environ[_ENV] = "1"
-            _mode, _reason = "simulator", why
-            print(
-                f"workbench: {why}; running kernels in Numba's CUDA simulator on the CPU "
-                f"(correct results, tiny sizes, no timings). Set {_ENV}=0 to refuse this.",
-                file=sys.stderr,
-            )
-    if _mode == "simulator":
-        # Each simulated CUDA thread is a Python thread; a short switch interval makes
-        # syncthreads ~10x cheaper (measured, ../shared/numba-cuda-notes.md).
-        sys.setswitchinterval(1e-4)
-    return _mode
-
-
-def patch_simulator():
-    """Make the simulator's shared memory safe: `cuda.shared.array` looks its array up in a dict and
-    creates it when missing, with no lock, so under load two threads of a block can both miss and one
-    keeps a private, uninitialised array (seen here: 1 launch in 300 of a 256-thread kernel). We take
-    a lock, and also key by the call's bytecode offset so that two calls on one line no longer alias
-    (on hardware they are two arrays)."""
-    import threading
-
-    import numpy as np
-    from numba.core import types
-    from numba.cuda.simulator import kernelapi
-    from numba.np import numpy_support
-
-    if getattr(kernelapi.FakeCUDAShared, "_workbench_patched", False):
-        return
-    original = kernelapi.FakeCUDAShared.array
-    lock = threading.Lock()
-
-    def array(self, shape, dtype, alignment=None, _frame=None):
-        if shape == 0 or alignment is not None:  # dynamic shared memory / unsupported: as before
-            return original(self, shape, dtype, alignment)
-        if isinstance(dtype, types.Type):
-            dtype = numpy_support.as_dtype(dtype)
-        frame = _frame or sys._getframe(1)  # a wrapper (workbench.sim.traffic) passes the kernel's
-        caller = (frame.f_code.co_filename, frame.f_lineno, frame.f_lasti)
-        with lock:
-            res = self._allocations.get(caller)
-            if res is None:
-                res = self._allocations[caller] = np.empty(shape, dtype)
-        return res
-
-    kernelapi.FakeCUDAShared.array = array
-    kernelapi.FakeCUDAShared._workbench_patched = True
-    from ..sim import install  # warp intrinsics, opt-in traffic counters (workbench/sim/)
-
-    install()
-
-
-def mode() -> str:
-    """'simulator' or 'gpu'."""
-    return select_mode()
-
-
-def mode_reason() -> str:
-    select_mode()
-    return _reason
-
-
-def simulator() -> bool:
-    return select_mode() == "simulator"
-
+from workbench.target import mode, mode_reason, select_mode, simulator  # noqa: F401
 
 @dataclass(frozen=True)
 class DeviceFacts:
@@ -155,7 +33,7 @@ def facts() -> DeviceFacts:
 
     try:
         dev = cuda.get_current_device()
-    except Exception:  # compiling ahead of time with no GPU (workbench.inspect): check as for sm_90
+    except Exception:  # compiling ahead of time with no GPU (workbench.bench.resources): check as for sm_90
         return H100
     name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
     return DeviceFacts(

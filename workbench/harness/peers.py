@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..problem import Problem
+from workbench.problem import Problem
 
 SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION",
                  "sdpa-cudnn": "CUDNN_ATTENTION", "sdpa-math": "MATH"}
@@ -54,7 +54,7 @@ def _mask_numpy(p: Problem) -> np.ndarray | None:
     """The (Nq, Nkv) visible-pairs mask, or None when SDPA's own is_causal / no mask is exact."""
     if p.window is None and (not p.causal or p.seq_q == p.seq_kv):
         return None
-    from ..reference import visible_mask
+    from workbench.reference import visible_mask
 
     return visible_mask(p)
 
@@ -178,7 +178,7 @@ def to_numpy(out) -> np.ndarray:
         import torch
 
         if out.dtype == torch.bfloat16:  # NumPy has no bfloat16: its bits, as ml_dtypes.bfloat16
-            from ..dtypes import from_bits
+            from workbench.dtypes import from_bits
 
             return from_bits(out.detach().view(torch.int16).cpu().numpy().view(np.uint16), "bfloat16")
         return out.detach().cpu().numpy()

@@ -6,7 +6,7 @@ serves three purposes:
 
 - plan: run with placeholder arrays and nothing launched, to see every kernel's grid and block before
   any real launch (so an impossible config is a ValueError, not a CUDA error) and to know the
-  argument types for compiling ahead of time (`python -m workbench.inspect`);
+  argument types for compiling ahead of time (`python -m workbench.bench.resources`);
 - live: allocate and launch for real, counting the scratch bytes the rung allocates;
 - checks every launch shares: block and grid limits, and no float64 scalar sneaking into a float32
   kernel (a Python float argument silently turns the kernel's arithmetic into FP64).
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..dtypes import device_dtype
+from workbench.dtypes import device_dtype
 from . import device
 
 
@@ -228,7 +228,7 @@ def check_config(rung, problem, config=None, planner=None) -> dict:
 
 def _who_takes(problem) -> str:
     """The tail of check_config's dtype message: the forward rungs that take this dtype."""
-    from ..kernels import LADDER
+    from workbench.kernels import LADDER
 
     names = []
     for rung in LADDER:

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import dtypes, reference
-from ..kernels import get
-from ..problem import Problem
+from workbench import dtypes
+from workbench import reference
+from workbench.kernels import get
+from workbench.problem import Problem
 from . import runner
 
 

@@ -1,7 +1,24 @@
-"""Small device functions every rung shares (inlined, so compile checks need no GPU)."""
+"""What every rung shares: constants, the mask rules, the KV-tile range, I/O element conversions
+(small device functions, inlined, so compile checks need no GPU)."""
 
+import math
+
+import numpy as np
 from numba import config as numba_config
-from numba import cuda
+from numba import cuda, float32
+
+# exp2, log2 and 1/l as the hardware's approximate instructions, denormals flushed to zero (what
+# nvcc -use_fast_math does), but not the "fast" flags that let the compiler assume there are no
+# infinities: m = -inf is how a row says it has seen no key yet.
+FASTMATH = {"afn", "arcp", "contract"}
+NEG_INF = float32(-math.inf)  # a bare -math.inf would be float64 and drag the arithmetic into FP64
+LOG2E = np.float32(math.log2(math.e))  # e^x = 2^(x·log2 e): scores in base-2 units, one MUFU.EX2
+LN2 = float32(math.log(2.0))  # ln y = ln2 · log2 y
+
+
+def cdiv(a, b):
+    """⌈a / b⌉ for integers (a >= 0, b > 0): tiles needed to cover a."""
+    return -(-a // b)
 
 
 @cuda.jit(device=True, inline="always")
@@ -20,6 +37,33 @@ def last_key(i, shift, right):
 def visible(i, j, shift, left, right):
     """Does query i see key j? shift = Nkv - Nq; left/right from Problem.mask_bounds()."""
     return i + shift - left <= j <= i + shift + right
+
+
+@cuda.jit(device=True, inline="always")
+def kv_tile_range(i0, i_last, Bc, shift, left, right, n_kv):
+    """(j_start, j_end): the tiles of Bc keys that query rows i0 … i_last see together. Row i sees
+    keys i + shift − left … i + shift + right (clamped to [0, Nkv)), and both ends grow with i, so
+    the rows see one run of keys, from the first row's first key to the last row's last key;
+    j_end = j_start when they see none. Plain integer arithmetic, so the same function serves
+    kernels (inlined) and host code (`kv_tile_range_host`, its Python function)."""
+    key_lo = max(i0 + shift - left, 0)
+    key_hi = min(i_last + shift + right + 1, n_kv)
+    j_start = key_lo // Bc
+    j_end = (key_hi + Bc - 1) // Bc if key_hi > key_lo else j_start
+    return j_start, j_end
+
+
+@cuda.jit(device=True, inline="always")
+def unmasked_keys(i0, i_last, shift, left, right, n_kv):
+    """(inner_lo, inner_hi): the keys EVERY row i0 … i_last sees, the last row's first key to the
+    first row's last (empty when inner_hi <= inner_lo). A tile inside them needs no mask."""
+    return max(i_last + shift - left, 0), min(i0 + shift + right + 1, n_kv)
+
+
+# The same rules for host code (traffic model, diagrams, assignments): a CUDA dispatcher cannot be
+# called from the host, but its Python function can (and is the very same code).
+kv_tile_range_host = getattr(kv_tile_range, "py_func", kv_tile_range)
+unmasked_keys_host = getattr(unmasked_keys, "py_func", unmasked_keys)
 
 
 # --- I/O element conversions ------------------------------------------------------------------
@@ -54,8 +98,6 @@ def _round_bits(u):
 
 
 if numba_config.ENABLE_CUDASIM:
-    import numpy as np
-
     def load_f32(x):
         """float32 of a float32, float16 or bfloat16-bits (uint16) element."""
         if isinstance(x, np.uint16):  # bfloat16 bits

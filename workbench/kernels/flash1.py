@@ -1,55 +1,43 @@
-"""Rung 4 — flash1: FlashAttention-1's loop order. KV blocks outside, Q blocks inside, O/m/l in HBM.
+"""Rung 4 — flash1: FlashAttention-1's loop order (Dao et al. 2022, Algorithm 1 of FA1).
 
-Rung 3 (online) has each block own a query block Q_i and stream every K_j, V_j past it: Q_i is read
-once, but K and V are read once per query block (Tr times). FlashAttention-1 (Dao et al. 2022,
-Algorithm 1) puts the loops the other way round, so that K and V are read from HBM exactly once:
+Rung 3 (online) has each block own a query block Q_i and stream every K_j, V_j past it: K and V
+are read once per query block (Tr times). FlashAttention-1 puts the loops the other way round, so
+that K and V are read from device memory once: one thread block (CTA) per (batch, head) walks the
+KV tiles K_j, V_j of Bc keys in the outer loop and sweeps the query blocks Q_i of Br rows inside.
+With Tr = ⌈Nq / Br⌉ and Tc = ⌈Nkv / Bc⌉, CTA b·h runs, in the paper's notation:
 
-    O = 0 (Nq × D), l = 0, m = -inf (Nq each), in HBM
-    for j = 1 … Tc:                                   Tc = ⌈Nkv / Bc⌉ KV blocks
-        load K_j, V_j into SRAM
-        for i = 1 … Tr:                               Tr = ⌈Nq / Br⌉ Q blocks
-            load Q_i, O_i, l_i, m_i from HBM
-            S_ij  = scale · Q_i K_jᵀ
-            m̃_ij = rowmax(S_ij),  P̃_ij = e^(S_ij − m̃_ij),  l̃_ij = rowsum(P̃_ij)
-            m_new = max(m_i, m̃_ij),  l_new = e^(m_i − m_new) l_i + e^(m̃_ij − m_new) l̃_ij
-            O_i  ← diag(l_new)⁻¹ (diag(l_i) e^(m_i − m_new) O_i + e^(m̃_ij − m_new) P̃_ij V_j)
-            l_i  ← l_new,  m_i ← m_new                 written back to HBM
+    O = 0 (Nq × D), l = 0, m = -inf (Nq each), in device memory
+    for j = 1 … Tc, and inside it i = 1 … Tr:                (every tile: nothing skipped)
+        load K_j, V_j into shared memory (at i = 1)          (kept for the whole sweep)
+        load Q_i, and m, l, O of its rows, from device memory
+        S     = scale · Q_i K_jᵀ                             (Br × Bc; masked pairs -inf)
+        m_new = max(m, rowmax(S))
+        alpha = exp(m − m_new)                               (rescales what came before)
+        P     = exp(S − m_new)                               (to shared memory)
+        l_new = alpha · l + rowsum(P)
+        O     = (alpha · l · O + P V_j) / l_new              (normalised at every step)
+        m, l  = m_new, l_new;  write m, l, O back            (and LSE = m + log(l) at j = Tc)
 
-The recurrence is the online softmax of rung 3, in the paper's form: each tile's P̃ is taken
-against the tile's own max m̃ and rescaled onto m_new, and O_i is kept normalised at every step
-(divided by l_new each time, where rung 3 divides once at the end). What changes is where the
-running state lives. With KV blocks outside, the running O_i, m_i, l_i of a query block cannot stay
-on chip between its visits — a whole sweep over all Q blocks happens in between — so they go to
-device memory and come back Tc times.
+What changes against online, and why:
+- Loop order: KV tiles outer, Q blocks inner, so K and V are read once. The price: Q_i is read Tc
+  times; O_i (float32), m_i, l_i go to device memory between visits, read Tc − 1 times and written
+  Tc times (about Tc · Nq · (D · (itemsize + 8) + 16) bytes per head); only B·H CTAs run (FA1's
+  later `num_splits` split the Q loop over more CTAs; not done here).
+- Normalised every step (rung 3's online softmax in the paper's form): O_i leaves the chip after
+  every tile, so each step needs the whole row's l (its TC threads add their sums by shuffles).
+- K_j and V_j stay in shared memory for a whole sweep, in two buffers (at D = 128 Bc halves).
+- A tile engine (below) instead of a thread per row, as in FA1's CUDA code.
 
-What it costs, per (batch, head), in device-memory traffic:
-- K and V: read once (rung 3: Tr times) — what the loop order buys;
-- Q: read Tc times (rung 3: once);
-- O (float32), m, l: read Tc − 1 times and written Tc times (rung 3: O and LSE written once), i.e.
-  about Tc · Nq · (D · (itemsize + 8) + 16) bytes. With Bc = 8 that is Nkv / 8 passes over Q and a
-  float32 O: at Nq = Nkv = 4096, D = 64, float32, about 1.6 GB per head where rung 3 moves ~0.14 GB
-  (almost all of it K/V re-reads, which L2 partly catches). Larger Bc means fewer passes; shared
-  memory caps it.
-- Each thread reads and writes its own O row: the 32 threads of a warp touch 32 different rows,
-  so these accesses are not coalesced, and the O round trips cost more than their byte count.
-Rung 5 (flash2) puts the loops back the way rung 3 has them and keeps the other FA tricks.
+Rungs 4 and 5 share one tile engine (workbench/kernels/tiles.py): its CTA of TR × TC threads, each
+with an RM × RN micro-tile of S and RM × D/TC of O in registers, loads, row maxima by shuffles and
+launch bounds. Scores are in base-2 units (Q_i is loaded times scale·log2 e), so P = 2^(S − m) is
+one MUFU.EX2 and LSE = ln2 · (m + log2 l).
 
-The kernel, as FA1's CUDA code: one block per (batch, head) — grid (B·H,) — walking both loops; a
-block of Br threads, one thread per query row of Q_i, as in rung 3 (same tiles, same shared arrays,
-same helpers; `diff online.py flash1.py` shows only the loop order and where O, m, l live). Only
-B·H blocks of Br threads: at B = 8, H = 32 that is 256 blocks of 2 warps for 132 SMs, a few warps
-per SM (FA1's later `num_splits` split the Q loop over more blocks; not done here). K_j, V_j stay in
-shared memory for the whole inner loop; inside it a thread touches only its own column of Q_iᵀ and
-P̃_ijᵀ and its own rows of O, m, l, so the inner loop needs no barrier.
-
-Scratch (`workspace_bytes`): m and l, B·H·Nq float32 each; O is updated in place when the output is
-float32 and in a float32 copy when it is float16 (B·H·Nq·D·4 more). Line 1 (O = 0, l = 0, m = -inf
-in HBM) is folded into the first KV block, which starts from those values instead of reading them
-back; the last KV block writes O (already normalised, in the output's dtype) and LSE = m + log(l).
-
-Masks, GQA, any length as in rung 3; nothing is skipped (a tile the mask hides from a row leaves
-that row's O_i, m_i, l_i unchanged but they are still read and written). A row that sees no key
-keeps m = -inf and l = 0, never computes e^(-inf − -inf), and ends with O = 0 and LSE = -inf.
+Masks (bottom-right causal, windows) and GQA as in rung 1. K/V loads past Nkv are zero-filled and
+those keys masked, and Q rows past Nq are zero and never stored, so any length works. A row that
+sees no key keeps m = -inf and l = 0, never computes exp(-inf − -inf), and ends with O = 0 and
+LSE = -inf (its exponent uses 0 in place of m). Only tiles on the mask's edge evaluate the mask.
+Float16 and bfloat16 in and out, float32 arithmetic (tiles.py).
 """
 
 import functools
@@ -58,133 +46,114 @@ import math
 import numpy as np
 from numba import cuda, float32
 
-from .common import visible
+from .common import FASTMATH, LN2, LOG2E, NEG_INF, cdiv
+from .hardware import ALIGN, jit_options, warp_sync
+from .tiles import HEAD_DIMS, engine, rules, shared_bytes, tile_shape
+from .warp import FULL_MASK, segment_sum
 
 LESSON = "FA1 loop order: KV blocks outside, Q blocks inside; O, m, l re-read and re-written per KV block"
-# Shared memory is 4·(D·Br + 2·Bc·D + Bc·Br) bytes: 42 KiB at D = 128 with these tiles (limit: 48).
-DEFAULT_CONFIG = {"Br": 64, "Bc": 8}  # Br query rows (= threads) per block, Bc keys per K/V tile
-SIM_CONFIG = {"Br": 8, "Bc": 4}  # the simulator runs each thread as a Python thread
-# A thread holds its O row (D floats) in registers: past 128 it spills.
-HEAD_DIMS = tuple(range(8, 129, 8))
-
-NEG_INF = float32(-math.inf)  # a bare -math.inf would be float64 and drag the arithmetic into FP64
-
-
-def shared_bytes(Br, Bc, D):
-    """Static shared memory of one block, float32: Q_iᵀ (D × Br), K_j and V_j (Bc × D each),
-    P_ijᵀ (Bc × Br)."""
-    return 4 * (D * Br + 2 * Bc * D + Bc * Br)
+# flash2's tiles, but 255 registers: B·H CTAs seldom put 3 on an SM (and at 168, D = 64 spills).
+DEFAULT_CONFIG = {"Br": 64, "Bc": 32, "RM": 8, "RN": 4, "warps_per_sm": 8}
+SIM_CONFIG = {"Br": 8, "Bc": 8, "RM": 2, "RN": 2}  # 16 threads: each is a Python thread there
+KV_BUFFERS = 2  # K_j and V_j, both for the whole sweep over Q blocks
+tiles = functools.partial(tile_shape, kv_buffers=KV_BUFFERS)  # (Br, Bc, RM, RN, TR, TC)
 
 
 @functools.cache
-def build(Br, Bc, D):
-    """The kernel for Br query rows, Bc keys per tile and head dim D (array shapes are constants)."""
+def build(Br, Bc, D, RM, RN, warps_per_sm=DEFAULT_CONFIG["warps_per_sm"]):
+    """The kernel for these tiles and head dim D (every array shape and loop bound a constant)."""
+    E = engine(Br, Bc, D, RM, RN)
+    TR, TC, DP, BP, DT = E.TR, E.TC, E.DP, E.BP, E.DT
+    thread, load_q, load_kv, scores, mask = E.thread, E.load_q, E.load_kv, E.scores, E.mask
+    row_max, add_pv, load_row, store_row = E.row_max, E.add_pv, E.load_row, E.store_row
+    SMEM = shared_bytes(Br, Bc, D, TC, KV_BUFFERS)
 
-    @cuda.jit(device=True, inline="always")
-    def load_q_row(q, b, h, i, q_t):
-        """Column tx of Q_iᵀ = this thread's query row i as float32 (zeros past Nq)."""
-        tx = cuda.threadIdx.x
-        for d in range(D):
-            q_t[d, tx] = float32(q[b, h, i, d]) if i < q.shape[2] else float32(0)
+    @cuda.jit(fastmath=FASTMATH, **jit_options(E.THREADS, SMEM, warps_per_sm))
+    def flash1(q, k, v, o, lse, o_acc, m_acc, l_acc, scale_log2, group, left, right):
+        """CTA bh walks every (KV tile j, Q block i) of head bh; thread (tr, tc) its micro-tiles."""
+        # (One shared array per line: the simulator aliases calls that share a line.)
+        q_i = cuda.shared.array((Br, DP), float32, alignment=ALIGN)  # Q_i · scale·log2(e)
+        k_j = cuda.shared.array((Bc, DP), float32, alignment=ALIGN)  # K_j
+        v_j = cuda.shared.array((Bc, DP), float32, alignment=ALIGN)  # V_j
+        p_ij = cuda.shared.array((Br, BP), float32, alignment=ALIGN)  # P_ij
+        s = cuda.local.array((RM, RN), float32)  # my micro-tile of S, then of P
+        acc = cuda.local.array((RM, DT), float32)  # my micro-tile of O_i, between its read and write
+        m = cuda.local.array(RM, float32)  # m_i of my rows (base 2)
+        l = cuda.local.array(RM, float32)  # l_i of my rows (the whole row's)
+        row_max_ = cuda.local.array(RM, float32)  # my rows' max over this tile
 
-    @cuda.jit(device=True, inline="always")
-    def load_tile(src, b, h, j0, tile):
-        """tile[c] = src[b, h, j0 + c] as float32 (zeros past Nkv), loaded by all Br threads:
-        consecutive threads read consecutive elements (coalesced)."""
-        n = src.shape[2]
-        for e in range(cuda.threadIdx.x, Bc * D, Br):
-            c, d = e // D, e % D
-            tile[c, d] = float32(src[b, h, j0 + c, d]) if j0 + c < n else float32(0)
-
-    @cuda.jit(device=True, inline="always")
-    def tile_scores(q_t, k_j, s, i, j0, n_kv, shift, scale, left, right):
-        """s[c] = scale · Q[i] · K[j0 + c] for the tile's Bc keys, -inf where masked or past Nkv.
-        Returns the tile's row max (-inf when row i sees no key of the tile)."""
-        tx = cuda.threadIdx.x
-        for c in range(Bc):
-            s[c] = float32(0)
-        for d in range(D):
-            q_d = q_t[d, tx]
-            for c in range(Bc):
-                s[c] += q_d * k_j[c, d]  # k_j[c, d]: the same word for the whole warp (broadcast)
-        m_tile = NEG_INF
-        for c in range(Bc):
-            if j0 + c < n_kv and visible(i, j0 + c, shift, left, right):
-                s[c] *= scale
-            else:
-                s[c] = NEG_INF
-            m_tile = max(m_tile, s[c])
-        return m_tile
-
-    @cuda.jit
-    def flash1(q, k, v, o, lse, o_acc, m_acc, l_acc, scale, group, left, right):
-        """Block bh walks every (KV block j, Q block i) of head bh; thread tx owns row i·Br + tx."""
-        q_t = cuda.shared.array((D, Br), float32)  # Q_iᵀ
-        k_j = cuda.shared.array((Bc, D), float32)  # K_j  (one call per line: the simulator
-        v_j = cuda.shared.array((Bc, D), float32)  # V_j   aliases calls that share a line)
-        p_t = cuda.shared.array((Bc, Br), float32)  # P̃_ijᵀ: column tx is this thread's row of P̃_ij
-        s = cuda.local.array(Bc, float32)  # this row's scores S_ij (registers)
-        acc = cuda.local.array(D, float32)  # this row's O_i, between HBM read and write
-
-        tx = cuda.threadIdx.x
+        tr, tc = thread()
         heads = q.shape[1]
-        b, h = cuda.blockIdx.x // heads, cuda.blockIdx.x % heads
+        b = cuda.blockIdx.x // heads
+        h = cuda.blockIdx.x - b * heads
         hk = h // group  # the key/value head this query head reads (GQA)
-        n_q, n_kv = q.shape[2], k.shape[2]
+        n_q = q.shape[2]
+        n_kv = k.shape[2]
         shift = n_kv - n_q
+        if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or o.shape[3] != D:
+            return  # never taken (launch builds for this D); it tells the compiler that rows are
+            # D elements long, so the addresses of a tile are one base plus constant offsets
 
-        for j0 in range(0, n_kv, Bc):  # outer: KV blocks j = 1 … Tc, keys j0 … j0 + Bc − 1
-            cuda.syncthreads()  # every thread is done with the previous K_j, V_j
-            load_tile(k, b, hk, j0, k_j)
-            load_tile(v, b, hk, j0, v_j)
-            cuda.syncthreads()  # K_j and V_j are in shared memory, for the whole inner loop
+        Tr = (n_q + Br - 1) // Br  # Q blocks
+        Tc = (n_kv + Bc - 1) // Bc  # KV tiles
+        for ji in range(Tc * Tr):  # FA1's order: KV tile j outer, Q block i inner
+            j = ji // Tr
+            i0 = (ji - j * Tr) * Br  # Q_i's first row
+            j0 = np.uint32(j * Bc)  # (unsigned: no negative-index wraparound code)
+            if i0 == 0:  # a new KV tile: K_j and V_j, read once, kept for the whole sweep over Q_i
+                cuda.syncthreads()  # every thread is done with K_{j-1}, V_{j-1}
+                load_kv(k, b, hk, j0, n_kv, float32(1), k_j)
+                load_kv(v, b, hk, j0, n_kv, float32(1), v_j)
 
-            for i0 in range(0, n_q, Br):  # inner: Q blocks i = 1 … Tr, rows i0 … i0 + Br − 1
-                i = i0 + tx
-                load_q_row(q, b, h, i, q_t)  # Q_i again, for every KV block
-                if j0 == 0 or i >= n_q:  # line 1 of Algorithm 1: O = 0, l = 0, m = -inf
-                    m = NEG_INF
-                    l = float32(0)
-                    for d in range(D):
-                        acc[d] = float32(0)
-                else:  # O_i, m_i, l_i back from device memory
-                    m = m_acc[b, h, i]
-                    l = l_acc[b, h, i]
-                    for d in range(D):
-                        acc[d] = o_acc[b, h, i, d]
+            cuda.syncthreads()  # K_j, V_j are in shared memory; every thread is done with Q_{i-1}
+            load_q(q, b, h, i0, n_q, scale_log2, q_i)  # Q_i again, for every KV tile
+            for a in range(RM):  # O_i, m_i, l_i from device memory
+                row = i0 + tr + TR * a
+                back = j > 0 and row < n_q  # (at j = 0, line 1: O = 0, l = 0, m = -inf)
+                m[a] = m_acc[b, h, row] if back else NEG_INF
+                l[a] = l_acc[b, h, row] if back else float32(0)
+                load_row(o_acc, b, h, row, acc, a, back)  # (zeros unless back)
+            cuda.syncthreads()  # Q_i is in shared memory
 
-                m_tile = tile_scores(q_t, k_j, s, i, j0, n_kv, shift, scale, left, right)  # m̃_ij
-                if m_tile > NEG_INF:  # else P̃_ij = 0: O_i, m_i, l_i stay as they are
-                    l_tile = float32(0)
-                    for c in range(Bc):
-                        p = math.exp(s[c] - m_tile)  # P̃_ij (0 where masked)
-                        p_t[c, tx] = p
-                        l_tile += p  # l̃_ij
-                    m_new = max(m, m_tile)
-                    alpha = math.exp(m - m_new)  # e^(m_i − m_new); 0 while m_i = -inf
-                    beta = math.exp(m_tile - m_new)  # e^(m̃_ij − m_new)
-                    l_new = alpha * l + beta * l_tile
-                    old = l * alpha / l_new  # O_i ← (l_i e^(m_i − m_new) O_i
-                    new = beta / l_new  #        + e^(m̃_ij − m_new) P̃_ij V_j) / l_new
-                    for d in range(D):
-                        acc[d] *= old
-                    for c in range(Bc):
-                        p = p_t[c, tx] * new
-                        for d in range(D):
-                            acc[d] += p * v_j[c, d]
-                    m = m_new
-                    l = l_new
+            scores(q_i, k_j, s)  # S = Q_i K_jᵀ on my micro-tile
+            mask(s, i0, j0, n_q, n_kv, shift, left, right)  # -inf where masked (edge tiles only)
+            row_max(s, row_max_)
 
-                if i < n_q:
-                    if j0 + Bc < n_kv:  # O_i, m_i, l_i to device memory, for KV block j + 1
-                        for d in range(D):
-                            o_acc[b, h, i, d] = acc[d]
-                        m_acc[b, h, i] = m
-                        l_acc[b, h, i] = l
-                    else:  # the last KV block: O_i is final (normalised), in the output dtype
-                        for d in range(D):
-                            o[b, h, i, d] = acc[d]
-                        lse[b, h, i] = m + math.log(l) if l > float32(0) else NEG_INF
+            # m_new, alpha, P = 2^(S - m_new), l_new (the whole row's); O_i un-normalised, rescaled.
+            for a in range(RM):
+                m_new = max(m[a], row_max_[a])
+                # A row that has seen no key yet keeps m = -inf; 0 stands in so exp2 stays finite.
+                m_use = m_new if m_new != NEG_INF else float32(0)
+                alpha = math.exp2(m[a] - m_use)
+                m[a] = m_new
+                rowsum = float32(0)
+                for c in range(RN):
+                    p = math.exp2(s[a, c] - m_use)
+                    rowsum += p
+                    p_ij[tr + TR * a, tc + TC * c] = p
+                l_new = alpha * l[a] + segment_sum(FULL_MASK, rowsum, TC)
+                for x in range(DT):
+                    acc[a, x] *= alpha * l[a]  # diag(l_i) · alpha · O_i
+                l[a] = l_new
+
+            warp_sync()  # P_ij's rows are written and read by the TC threads of one warp
+            add_pv(p_ij, v_j, acc)  # O += P_ij V_j on my micro-tile
+
+            # O_i = O_i / l_new, every step; O_i, m_i, l_i back to device memory.
+            for a in range(RM):
+                row = i0 + tr + TR * a
+                if row < n_q:
+                    inv_l = float32(1) / l[a] if l[a] > float32(0) else float32(0)
+                    if j0 + Bc < n_kv:  # for tile j + 1
+                        store_row(o_acc, b, h, row, acc, a, inv_l)
+                        if tc == 0:
+                            m_acc[b, h, row] = m[a]
+                            l_acc[b, h, row] = l[a]
+                    else:  # the last tile: O in the output's dtype, LSE = ln2 · (m + log2 l)
+                        store_row(o, b, h, row, acc, a, inv_l)  # my columns of O_i's row
+                        if tc == 0:
+                            lse[b, h, row] = ((m[a] + math.log2(l[a])) * LN2 if l[a] > float32(0)
+                                              else NEG_INF)
 
     return flash1
 
@@ -192,13 +161,15 @@ def build(Br, Bc, D):
 def needs(problem, config):
     from ..harness.runner import Needs
 
-    return Needs(shared_bytes=shared_bytes(config["Br"], config["Bc"], problem.head_dim),
-                 head_dims=HEAD_DIMS)
+    Br, Bc, RM, RN, TR, TC = tiles(problem, config)
+    D = problem.head_dim
+    return Needs(shared_bytes=shared_bytes(Br, Bc, D, TC, KV_BUFFERS), head_dims=HEAD_DIMS,
+                 dtypes=("float32", "float16", "bfloat16"),
+                 rules=rules(Br, Bc, RM, RN, D, config["warps_per_sm"]))
 
 
 def workspace_bytes(problem, config):
-    """m and l in device memory (float32, B·H·Nq each), and a float32 O when the output is float16
-    (a float32 output is updated in place)."""
+    """m and l (float32, B·H·Nq each), and a float32 O unless the output is float32 (in place)."""
     p = problem
     rows = p.batch * p.heads * p.seq_q
     return 2 * rows * 4 + (0 if p.dtype == "float32" else rows * p.head_dim * 4)
@@ -206,10 +177,11 @@ def workspace_bytes(problem, config):
 
 def launch(problem, config, q, k, v, o, lse, gpu):
     p = problem
-    Br, Bc = config["Br"], config["Bc"]
+    Br, Bc, RM, RN, TR, TC = tiles(p, config)
     left, right = p.mask_bounds()
     m = gpu.empty(p.lse_shape, np.float32)
     l = gpu.empty(p.lse_shape, np.float32)
     o_acc = o if p.dtype == "float32" else gpu.empty(p.q_shape, np.float32)
-    gpu.launch(build(Br, Bc, p.head_dim), p.batch * p.heads, Br,
-               q, k, v, o, lse, o_acc, m, l, np.float32(p.scale), p.group, left, right)
+    kernel = build(Br, Bc, p.head_dim, RM, RN, config["warps_per_sm"])
+    gpu.launch(kernel, p.batch * p.heads, TR * TC,
+               q, k, v, o, lse, o_acc, m, l, LOG2E * np.float32(p.scale), p.group, left, right)

@@ -108,3 +108,21 @@ extern "C" __device__ void wb_store_u32(void* gmem, unsigned long long elem, uns
 {
     *(unsigned*)((unsigned short*)gmem + elem) = value;
 }
+
+// --- for flash2_mma_bwd ---------------------------------------------------------------------------
+
+// Load one register (two 16-bit values) from global memory: 4 bytes at element `elem`. The
+// backward loads its warp's rows of V_j (and K_j) straight into A fragments with it, once per CTA.
+extern "C" __device__ unsigned wb_load_u32(const void* gmem, unsigned long long elem)
+{
+    return *((const unsigned*)((const unsigned short*)gmem + elem));
+}
+
+// Add two float32 values to global memory at float element `elem` and elem + 1, atomically, one
+// instruction for the pair (red.global.add.v2.f32, sm_90): the backward's dQ, summed over the CTAs
+// of every K/V block. A reduction, not an atomic exchange: nothing comes back, nothing waits.
+extern "C" __device__ void wb_red_add_f32x2(void* gmem, unsigned long long elem, float lo, float hi)
+{
+    float* p = (float*)gmem + elem;
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" :: "l"(p), "f"(lo), "f"(hi) : "memory");
+}

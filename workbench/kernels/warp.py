@@ -27,24 +27,34 @@ checks).
 from numba import config as numba_config
 from numba import cuda
 
-from ..sim.warps import BFLY, DOWN, FULL_MASK, IDX, UP, clamp
-
 __all__ = ["FULL_MASK", "shfl_idx", "shfl_up", "shfl_down", "shfl_xor", "segment_max", "segment_sum"]
 
-if numba_config.ENABLE_CUDASIM:
-    from ..sim import warps as _sim
+FULL_MASK = 0xFFFFFFFF
+WARP = 32
+IDX, UP, DOWN, BFLY = 0, 1, 2, 3  # PTX shfl.sync modes, as Numba numbers them
 
+
+def clamp(mode: int, width: int = WARP) -> int:
+    """PTX's `c` operand for a shuffle over segments of `width` lanes (what nvcc passes for
+    `__shfl*_sync(..., width)`; Numba passes width 32)."""
+    if width not in (1, 2, 4, 8, 16, 32):
+        raise ValueError(f"width must be a power of two from 1 to 32, got {width!r}")
+    return ((WARP - width) << 8) | (0 if mode == UP else 0x1F)
+
+if numba_config.ENABLE_CUDASIM:
+    # workbench.sim gives the simulator Numba's `shfl_sync_intrinsic` (installed by `import
+    # workbench`), so this layer needs nothing from above it.
     def shfl_idx(mask, value, src_lane, width):
-        return _sim.shuffle(IDX, mask, value, src_lane, clamp(IDX, width))
+        return cuda.shfl_sync_intrinsic(mask, IDX, value, src_lane, clamp(IDX, width))[0]
 
     def shfl_up(mask, value, delta, width):
-        return _sim.shuffle(UP, mask, value, delta, clamp(UP, width))
+        return cuda.shfl_sync_intrinsic(mask, UP, value, delta, clamp(UP, width))[0]
 
     def shfl_down(mask, value, delta, width):
-        return _sim.shuffle(DOWN, mask, value, delta, clamp(DOWN, width))
+        return cuda.shfl_sync_intrinsic(mask, DOWN, value, delta, clamp(DOWN, width))[0]
 
     def shfl_xor(mask, value, lane_mask, width):
-        return _sim.shuffle(BFLY, mask, value, lane_mask, clamp(BFLY, width))
+        return cuda.shfl_sync_intrinsic(mask, BFLY, value, lane_mask, clamp(BFLY, width))[0]
 
 else:
     from numba.cuda import types

@@ -21,7 +21,7 @@ import numpy as np
 from numba import cuda
 
 from . import warps
-from .warps import BFLY, DOWN, FULL_MASK, IDX, UP, WARP
+from workbench.sim.warps import BFLY, DOWN, FULL_MASK, IDX, UP, WARP
 
 FILL = -7  # what a lane that does not take part leaves in `out`
 WIDTHS = (1, 2, 4, 8, 16, 32)
@@ -31,7 +31,7 @@ MODES = {"idx": IDX, "up": UP, "down": DOWN, "xor": BFLY}
 @functools.cache
 def shuffle_probe(mode: int, width: int):
     """A probe kernel of workbench.kernels.warp's shfl_*(mask, value, b, width)."""
-    from ..kernels import warp
+    from workbench.kernels import warp
 
     fn = {IDX: warp.shfl_idx, UP: warp.shfl_up, DOWN: warp.shfl_down, BFLY: warp.shfl_xor}[mode]
 
@@ -195,7 +195,7 @@ def _first(bad, c, got, want):
 def main() -> int:
     import time
 
-    from ..harness import device
+    from workbench.harness import device
 
     t0 = time.time()
     rows = run(probe_list())

@@ -53,9 +53,8 @@ import threading
 
 import numpy as np
 
-FULL_MASK = 0xFFFFFFFF
-WARP = 32
-IDX, UP, DOWN, BFLY = 0, 1, 2, 3  # PTX shfl.sync modes, as Numba numbers them
+from workbench.kernels.warp import BFLY, DOWN, FULL_MASK, IDX, UP, WARP, clamp  # noqa: F401
+
 MODE_NAMES = {IDX: "shfl_sync", UP: "shfl_up_sync", DOWN: "shfl_down_sync", BFLY: "shfl_xor_sync"}
 UNDEFINED_INT = 0xDEADBEEF
 on_undefined = "poison"  # or "raise": what a shuffle from an absent lane does in the simulator
@@ -64,14 +63,6 @@ DEADLOCK_CHECK_S = 0.25  # how long a lane waits before it looks for a deadlock 
 
 # ---------------------------------------------------------------------------------------------
 # The semantics, free of threads (shared by the simulator and the NumPy reference)
-
-
-def clamp(mode: int, width: int = WARP) -> int:
-    """PTX's `c` operand for a shuffle over segments of `width` lanes (what nvcc passes for
-    `__shfl*_sync(..., width)`; Numba passes width 32)."""
-    if width not in (1, 2, 4, 8, 16, 32):
-        raise ValueError(f"width must be a power of two from 1 to 32, got {width!r}")
-    return ((WARP - width) << 8) | (0 if mode == UP else 0x1F)
 
 
 def source_lane(mode: int, lane: int, b: int, c: int) -> int:
@@ -420,7 +411,14 @@ def lanemask_lt():
     return np.uint32((1 << (threading.current_thread().thread_id % WARP)) - 1)
 
 
+def shfl_sync_intrinsic(mask, mode, value, b, c):
+    """Numba's own `cuda.shfl_sync_intrinsic` (PTX shfl.sync with explicit mode and `c`): what
+    workbench.kernels.warp calls on both targets. Returns (value, predicate) as on the GPU."""
+    return shuffle(mode, mask, value, b, c), True
+
+
 _INTRINSICS = {
+    "shfl_sync_intrinsic": shfl_sync_intrinsic,
     "shfl_sync": shfl_sync, "shfl_up_sync": shfl_up_sync, "shfl_down_sync": shfl_down_sync,
     "shfl_xor_sync": shfl_xor_sync, "syncwarp": syncwarp, "ballot_sync": ballot_sync,
     "all_sync": all_sync, "any_sync": any_sync, "eq_sync": eq_sync,
@@ -436,6 +434,10 @@ def install() -> None:
     module = kernelapi.FakeCUDAModule
     if getattr(module, "_workbench_warps", False):
         return
+    import numba.cuda
+
+    if not hasattr(numba.cuda, "shfl_sync_intrinsic"):  # called from plain functions, too
+        numba.cuda.shfl_sync_intrinsic = shfl_sync_intrinsic
     for name, fn in _INTRINSICS.items():
         if not hasattr(module, name):  # a later Numba may bring its own
             setattr(module, name, staticmethod(fn))

@@ -3,7 +3,7 @@
 # as FlashAttention-1 does, O = (alpha·l / l_new)·O + Σ_c (P_c / l_new)·V_c, and it divides in the
 # innermost loop: Bc·D + D IEEE divisions per row and tile (the compiler may not turn x / l into
 # x·(1/l) without fast-math), where the reference divides D times per row, once, at the end.
-# Fill a released folder with it: python -m workbench.assignments fill DIR --from THIS_FILE
+# Fill a released folder with it: python -m workbench.course.assignments fill DIR --from THIS_FILE
 
 ### BEGIN SOLUTION
 m_new = max(m, tile_scores(q_t, k_j, s, i, j0, n_kv, shift, scale, left, right))

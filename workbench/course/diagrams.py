@@ -1,6 +1,6 @@
 """Pictures for the course (notebooks/): tiles over the score matrix, who computes what, masks,
 the memory hierarchy and traffic. Each function draws from the package's own numbers — launch plans
-from the runner, tile ranges from flash2's rule, byte counts from `workbench.traffic_model` — and returns
+from the runner, tile ranges from flash2's rule, byte counts from `workbench.bench.traffic_model` — and returns
 the matplotlib Figure (the caller shows it; nothing is saved here).
 
 The score matrix is drawn as the paper draws it: query rows i down, keys j across, so a tile of
@@ -16,9 +16,9 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.patches import Patch, Rectangle
 
-from . import traffic_model
-from .kernels import get
-from .problem import Problem
+from workbench.bench import traffic_model
+from workbench.kernels import get
+from workbench.problem import Problem
 
 CMAP = plt.get_cmap("tab20")
 SKIPPED, EDGE, FULL = "#d9d9d9", "#fdae6b", "#74c476"
@@ -56,7 +56,7 @@ def score_grid(ax, n_q, n_kv, Br, Bc, owner=None, label=None, title="", fontsize
 def naive_launches(problem: Problem, config: dict | None = None):
     """Rung 1's three launches, from the runner's plan: which block computes which part of S
     (then P) and of O. One thread per element of S, per row of P, per element of O."""
-    from .harness import runner
+    from workbench.harness import runner
 
     rung = get("naive")
     cfg = runner.check_config(rung, problem, config)
@@ -162,7 +162,7 @@ def flash2_tile_kinds(problem: Problem, Br: int, Bc: int) -> np.ndarray:
 def mask_tiles(problem: Problem, Br: int, Bc: int, ax=None, title=None):
     """The mask (dark: pairs a query sees) under flash2's tiles: skipped, edge (mask evaluated) and
     full tiles, with counts."""
-    from .reference import visible_mask
+    from workbench.reference import visible_mask
 
     p = problem
     own = ax is None
@@ -252,7 +252,7 @@ def bytes_vs_seq(batch=8, heads=32, head_dim=64, dtype="float16", seqs=(512, 102
 
 def traffic_table(problem: Problem, rungs=("naive", "tiled", "online", "flash1", "flash2"), configs=None):
     """Heat map: how many times each rung moves each array through device memory (bytes requested
-    ÷ the array's size), from `workbench.traffic_model.requested`, with the total beside it."""
+    ÷ the array's size), from `workbench.bench.traffic_model.requested`, with the total beside it."""
     p = problem
     configs = configs or {}
     sizes = {"Q": p.batch * p.heads * p.seq_q * p.head_dim * p.itemsize,

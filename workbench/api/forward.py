@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import dtypes
-from .harness import runner
-from .kernels import get
-from .problem import DTYPES, Problem
+from workbench import dtypes
+from workbench.harness import runner
+from workbench.kernels import get
+from workbench.problem import DTYPES, Problem
 
 
 def _kind(x) -> str:

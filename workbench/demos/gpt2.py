@@ -1,6 +1,6 @@
 """End to end: a GPT-2-small-shaped model generating tokens with our decode rung, and with SDPA.
 
-    python -m workbench.demo_gpt2 --out DIR [--contexts 256 1024 4096 8192] [--batch 1 8] [--tokens 32]
+    python -m workbench.demos.gpt2 --out DIR [--contexts 256 1024 4096 8192] [--batch 1 8] [--tokens 32]
 
 The model is GPT-2 small's shape — 12 layers, 12 heads of D=64, d_model 768, MLP 3072, vocabulary
 50257, tied input/output embeddings, pre-LayerNorm, GELU (tanh) — with random weights drawn as GPT-2
@@ -25,7 +25,7 @@ For each batch size B and prompt length N (a random prompt):
    after a 2-step warm-up), and peak memory: torch.cuda.max_memory_allocated during prefill and during
    generation (weights, cache — the paged cache is a torch tensor too — and activations), plus, for our
    path, the decode rung's split workspace, which Numba allocates outside torch's allocator.
-4. Verified: (i) the paged cache through the public, validated `workbench.decode.decode` against SDPA
+4. Verified: (i) the paged cache through the public, validated `workbench.api.inference.decode` against SDPA
    on the contiguous prefill K/V (layer 0, a random query); (ii) the greedy tokens of the two paths
    compared, with the first divergence reported (a divergence where SDPA's top-2 logits are nearly
    tied is float16 rounding, not an error); (iii) both paths re-run teacher-forced on SDPA's tokens,
@@ -50,7 +50,7 @@ import time
 import numpy as np
 
 GPT2_SMALL = dict(layers=12, heads=12, head_dim=64, d_model=768, mlp=3072, vocab=50257)
-NEEDS = "workbench.demo_gpt2 needs torch and a CUDA GPU"
+NEEDS = "workbench.demos.gpt2 needs torch and a CUDA GPU"
 ATTN_TOL, LOGITS_TOL = 1e-2, 2e-2  # relative Frobenius, float16 paths
 WARMUP_STEPS = 2
 
@@ -128,7 +128,7 @@ def _positive(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m workbench.demo_gpt2",
+    p = argparse.ArgumentParser(prog="python -m workbench.demos.gpt2",
                                 description="GPT-2-small-shaped generation: our paged decode rung vs SDPA.")
     p.add_argument("--out", default="out-demo-gpt2", metavar="DIR", help="writes DIR/demo-gpt2.{json,png}")
     p.add_argument("--contexts", type=_positive, nargs="+", default=[256, 1024, 4096, 8192],
@@ -144,7 +144,7 @@ def parse_args(argv=None):
 
 def _torch_or_reason():
     """(torch, None) when torch sees a CUDA GPU and workbench is not in simulator mode, else (None, why)."""
-    from .harness import device
+    from workbench.harness import device
 
     if device.simulator():
         return None, "workbench is in simulator mode (no CUDA driver)"
@@ -283,8 +283,8 @@ class PagedCache:
     def __init__(self, torch, W, batch, capacity, heads, head_dim, block_size, seed):
         from numba import cuda
 
-        from . import decode as dec
-        from .harness import runner
+        from workbench.api import inference as dec
+        from workbench.harness import runner
 
         self.torch, self.W, self.heads, self.bs = torch, W, heads, block_size
         blocks = PagedBook.blocks_for(capacity, block_size)
@@ -484,7 +484,7 @@ def figure(data, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from . import plots
+    from workbench.bench import plots
 
     pts = [p for p in data["points"] if p.get("tokens_per_s")]
     if not pts:
@@ -539,7 +539,7 @@ def main(argv=None) -> int:
     if torch is None:
         print(f"{NEEDS} ({why}).", file=sys.stderr)
         return 2
-    from .harness import device, memory
+    from workbench.harness import device, memory
 
     t0 = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
@@ -551,7 +551,7 @@ def main(argv=None) -> int:
                         "unused slots NaN); sdpa: contiguous, preallocated for context + tokens, written in place",
               "timing": "wall time of the generation loop, torch.cuda.synchronize() before and after; "
                         "tokens/s = batch x tokens / seconds",
-              "checks": "paged cache vs SDPA through workbench.decode.decode (layer 0); free-running tokens "
+              "checks": "paged cache vs SDPA through workbench.api.inference.decode (layer 0); free-running tokens "
                         "compared; teacher-forced on SDPA's tokens, every layer's attention output and the "
                         "logits compared at every step"}
     data = {"provenance": None, "demo": "gpt2-small generation: decode rung vs SDPA", "complete": False,

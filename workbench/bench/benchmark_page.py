@@ -306,7 +306,7 @@ def table(key: str) -> Table:
 # --------------------------------------------------------------------------------------------------
 def attention_flops(batch, heads, seq, head_dim, causal=False) -> float:
     """Forward FLOPs of the page's shape, counted by Problem.flops (4·D per visible pair)."""
-    from .problem import Problem
+    from workbench.problem import Problem
 
     return float(Problem(batch, heads, heads, seq, seq, head_dim, causal=causal).flops())
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench import seed
+from workbench.bench import benchmark_page
 from workbench.problem import Problem
 
 PAGE = Path(__file__).resolve().parents[2] / "shared" / "seed" / "flash-attention-benchmarks.md"
@@ -34,175 +34,175 @@ def _page_tables(text):
 def test_tables_are_the_page_cell_for_cell():
     text = PAGE.read_text()
     page = _page_tables(text)
-    ours = [(t.columns, t.rows) for t in seed.TABLES.values()]
+    ours = [(t.columns, t.rows) for t in benchmark_page.TABLES.values()]
     assert len(page) == len(ours) == 15
-    for (cols, rows), t in zip(page, seed.TABLES.values()):
+    for (cols, rows), t in zip(page, benchmark_page.TABLES.values()):
         assert (t.columns, t.rows) == (cols, rows), t.key
         for part in t.title.split(" / "):  # every heading quoted is on the page
             assert part in text, (t.key, part)
-    for key, statement in seed.STATEMENTS.items():
+    for key, statement in benchmark_page.STATEMENTS.items():
         for part in statement.split(" ... "):
             if key != "complexity":
                 assert part.strip() in text, key
 
 
 def test_cell_parsing():
-    assert seed.seq_value("2K") == 2048 and seed.seq_value("16K") == 16384 and seed.seq_value("512") == 512
-    assert seed.seq_value("Standard") is None
-    assert seed.number("1.3x") == 1.3 and seed.number("35%") == 35 and seed.number("26.3 GB (OOM)") == 26.3
-    assert seed.number("OOM (>40GB)") is None and seed.number("N/A") is None and seed.number("Enabled") is None
-    assert seed.mib("8 MB") == 8 and seed.mib("2.5 GB") == 2560 and seed.mib("2048 MB (2 GB)") == 2048
-    assert seed.mib("0 MB (recomputed)") == 0 and seed.mib("OOM") is None
-    t = seed.table("per-token-time")
+    assert benchmark_page.seq_value("2K") == 2048 and benchmark_page.seq_value("16K") == 16384 and benchmark_page.seq_value("512") == 512
+    assert benchmark_page.seq_value("Standard") is None
+    assert benchmark_page.number("1.3x") == 1.3 and benchmark_page.number("35%") == 35 and benchmark_page.number("26.3 GB (OOM)") == 26.3
+    assert benchmark_page.number("OOM (>40GB)") is None and benchmark_page.number("N/A") is None and benchmark_page.number("Enabled") is None
+    assert benchmark_page.mib("8 MB") == 8 and benchmark_page.mib("2.5 GB") == 2560 and benchmark_page.mib("2048 MB (2 GB)") == 2048
+    assert benchmark_page.mib("0 MB (recomputed)") == 0 and benchmark_page.mib("OOM") is None
+    t = benchmark_page.table("per-token-time")
     assert t.seqs() == (512, 1024, 2048, 4096, 8192, 16384)
     assert t.series("Flash Attn 2")[-1] == (16384, 1.64)
-    assert seed.table("h100-speed").num(4096, "Flash Attn 2") == 12.5
-    assert seed.table("llama2-7b-memory").series("Standard Attention", seed.mib)[-1] == (32768, None)
+    assert benchmark_page.table("h100-speed").num(4096, "Flash Attn 2") == 12.5
+    assert benchmark_page.table("llama2-7b-memory").series("Standard Attention", benchmark_page.mib)[-1] == (32768, None)
 
 
 # (a) "speedup increases quadratically"
 def test_speedup_grows_linearly_not_quadratically():
-    rows = seed.per_token_speedups()
+    rows = benchmark_page.per_token_speedups()
     for _, ratio, page in rows:
         assert abs(ratio - page) < 0.05  # the page's Speedup row is Standard / FA2
-    k = seed.fit_exponent([n for n, _, _ in rows], [r for _, r, _ in rows])
+    k = benchmark_page.fit_exponent([n for n, _, _ in rows], [r for _, r, _ in rows])
     assert 0.85 < k < 0.95  # ∝ N^0.9; quadratic would be 2
     assert math.isclose(rows[-1][1] / rows[-2][1], 52.8 / 1.64 / (13.4 / 0.83), rel_tol=1e-12)
     assert rows[-1][1] / rows[-2][1] < 2.1  # ×2 per doubling, not ×4
-    assert "N^0.90" in seed.check_speedup_growth()
+    assert "N^0.90" in benchmark_page.check_speedup_growth()
 
 
 def test_per_token_times_are_impossible_either_way():
-    f = seed.attention_flops(1, 32, 16384, 64)
+    f = benchmark_page.attention_flops(1, 32, 16384, 64)
     assert f == 4 * 32 * 16384**2 * 64 == Problem(1, 32, None, 16384, None, 64).flops()
     assert abs(1.64e-3 * 16384 - 26.87) < 0.01  # seconds, read as per token
     assert abs(f / (1.64e-3 * 16384) / 1e12 - 0.0818) < 1e-3  # TFLOP/s
-    assert abs(seed.tflops(f, 1.64) - 1341) < 1  # read as the whole call: 4.3× the A100's 312
-    assert "1341 TFLOP/s" in seed.check_per_token_time_physics()
+    assert abs(benchmark_page.tflops(f, 1.64) - 1341) < 1  # read as the whole call: 4.3× the A100's 312
+    assert "1341 TFLOP/s" in benchmark_page.check_per_token_time_physics()
 
 
 # (b) the memory table
 def test_attention_matrix_column_is_32_bytes_per_pair_not_B8_H32():
-    assert [b for _, b in seed.memory_table_bytes_per_pair()] == [32.0] * 4
+    assert [b for _, b in benchmark_page.memory_table_bytes_per_pair()] == [32.0] * 4
     assert 8 * 32 * 512**2 * 2 == 128 * 2**20  # fp16 S at B=8 H=32 N=512: 128 MiB, not 8 MB
     assert 512**2 * 32 == 8 * 2**20
-    shapes = seed.shapes_for_bytes_per_pair(32)
+    shapes = benchmark_page.shapes_for_bytes_per_pair(32)
     assert (8, 1, "float32") in shapes and (1, 16, "float16") in shapes and (8, 32, "float16") not in shapes
-    for n, kv in seed.table("memory-standard").series("KV Cache", seed.mib):
+    for n, kv in benchmark_page.table("memory-standard").series("KV Cache", benchmark_page.mib):
         assert kv * 2**20 == 2 * 8 * 32 * n * 64 * 2  # the KV column is exact for B=8 H=32 fp16
-    text = seed.check_memory_table()
+    text = benchmark_page.check_memory_table()
     assert "128 MiB" in text and "16× low" in text
 
 
 def test_memory_tables_add_up_internally():
-    assert seed.check_memory_totals().startswith("CONSISTENT")
-    assert seed.mib("2.5 GB") == 2048 + 512 and seed.mib("34 GB") == 32768 + 2048
+    assert benchmark_page.check_memory_totals().startswith("CONSISTENT")
+    assert benchmark_page.mib("2.5 GB") == 2048 + 512 and benchmark_page.mib("34 GB") == 32768 + 2048
     assert round(100 * (1 - 2048 / 34816)) == 94
 
 
 # (c) the versions table
 def test_versions_tflops_from_the_pages_own_times():
-    f = seed.attention_flops(8, 32, 4096, 64)
+    f = benchmark_page.attention_flops(8, 32, 4096, 64)
     assert f == 2**40 == Problem(8, 32, None, 4096, None, 64, "float16").flops()  # 1.0995e12 FLOP
-    v = seed.versions_tflops()
+    v = benchmark_page.versions_tflops()
     assert abs(v["FA2"][0] - 87.96) < 0.01 and v["FA2"][1] == 420  # 2^40 / 12.5 ms: 88, not 420
     assert abs(v["FA1"][0] - 38.7) < 0.1 and abs(v["FA3 (FP16)"][0] - 152.7) < 0.1
     assert abs(v["FA3 (FP8)"][0] - 229.1) < 0.1
     for ours, page in v.values():
         assert 4.5 < page / ours < 5.1  # the page is ~5× high in every column
-    assert "88.0" in seed.check_versions_tflops()
+    assert "88.0" in benchmark_page.check_versions_tflops()
 
 
 def test_versions_util_against_h100_peaks():
     assert abs(740 / 989 - 0.75) < 0.005  # FA3 FP16: the one column whose util matches its TFLOPS
     assert abs(420 / 989 - 0.425) < 0.001 and abs(1150 / 1979 - 0.581) < 0.001
-    text = seed.check_versions_util()
+    text = benchmark_page.check_versions_util()
     assert "implied peak 514" in text and "implied peak 1402" in text
 
 
 def test_fp8_key_insight():
     assert math.isclose(1.2 / 0.75, 1.6)
-    best = seed.tflops(seed.attention_flops(8, 32, 8192, 64), 18.2)
+    best = benchmark_page.tflops(benchmark_page.attention_flops(8, 32, 8192, 64), 18.2)
     assert abs(best - 241.7) < 0.1
-    assert "242 TFLOP/s" in seed.check_fp8_key_insight()
+    assert "242 TFLOP/s" in benchmark_page.check_fp8_key_insight()
 
 
 def test_versions_memory_and_speedups():
-    assert seed.qkvo_bytes(8, 32, 4096, 64, 2) == 512 * 2**20
-    assert "0.504 GiB" in seed.check_versions_memory()
-    assert seed.check_versions_speedups().startswith("CONSISTENT")
+    assert benchmark_page.qkvo_bytes(8, 32, 4096, 64, 2) == 512 * 2**20
+    assert "0.504 GiB" in benchmark_page.check_versions_memory()
+    assert benchmark_page.check_versions_speedups().startswith("CONSISTENT")
     assert abs(28.4 / 12.5 - 2.27) < 0.01 and abs(12.5 / 4.8 - 2.6) < 0.01
 
 
 # (d) per-token memory
 def test_flash_memory_per_token_vs_qkvo():
-    assert seed.qkvo_bytes(1, 32, 1, 64, 2) == 16384  # 0.0156 MiB per token in fp16
+    assert benchmark_page.qkvo_bytes(1, 32, 1, 64, 2) == 16384  # 0.0156 MiB per token in fp16
     assert abs(0.06 / (16384 / 2**20) - 3.84) < 0.01
-    assert seed.kv_bytes(8, 32, 512, 64, 2) / (8 * 512) == 8192  # what the memory table implies
+    assert benchmark_page.kv_bytes(8, 32, 512, 64, 2) / (8 * 512) == 8192  # what the memory table implies
     assert abs(8.13 * 16384 / 1024 - 130.1) < 0.1  # GiB for Standard at 16K: over 80 GB
-    assert "3.8×" in seed.check_per_token_memory()
+    assert "3.8×" in benchmark_page.check_per_token_memory()
 
 
 # (e) the speed tables
 def test_speed_tables_speedup_columns():
-    h = seed.table("h100-speed")
+    h = benchmark_page.table("h100-speed")
     for n in h.seqs():
         assert abs(h.num(n, "Standard") / h.num(n, "Flash Attn 3 (FP8)") - h.num(n, "Best Speedup")) < 0.051
-    text = seed.check_speed_tables()
+    text = benchmark_page.check_speed_tables()
     assert text.count("(consistent)") == 3 and "INCONSISTENT" not in text
     assert abs(8 * 8 * 32 * 8192**2 / 2039e9 * 1e3 - 67.4) < 0.1  # Standard's traffic floor, A100 (ms)
 
 
 def test_model_and_training_physics():
-    p = seed.LLAMA2_7B["params"]
+    p = benchmark_page.LLAMA2_7B["params"]
     assert abs(p * 2 / 2**30 - 12.55) < 0.01  # fp16 weights, above every FA2 cell to 16K
     assert 2 * 32 * 4096 * 32768 * 2 == 16 * 2**30  # the KV cache at 32K
-    assert seed.training_tflops(p, 2048, 5.8) > seed.PEAK_TFLOPS[("A100", "float16")]  # 480 > 312
-    assert abs(seed.training_tflops(p, 2048, 3.1) - 257) < 1
-    assert ">100% (impossible)" in seed.check_model_tables()  # GPT-NeoX 2.75× > attention's own 2.7×
-    assert "2K, but each" in seed.check_inference()
-    assert seed.check_llama_memory().startswith("IMPOSSIBLE")
-    assert "100 GiB" in seed.check_training_memory()
+    assert benchmark_page.training_tflops(p, 2048, 5.8) > benchmark_page.PEAK_TFLOPS[("A100", "float16")]  # 480 > 312
+    assert abs(benchmark_page.training_tflops(p, 2048, 3.1) - 257) < 1
+    assert ">100% (impossible)" in benchmark_page.check_model_tables()  # GPT-NeoX 2.75× > attention's own 2.7×
+    assert "2K, but each" in benchmark_page.check_inference()
+    assert benchmark_page.check_llama_memory().startswith("IMPOSSIBLE")
+    assert "100 GiB" in benchmark_page.check_training_memory()
 
 
 def test_findings_cover_every_check():
-    out = seed.findings()
-    assert len(out) == len(seed.CHECKS) >= 15
+    out = benchmark_page.findings()
+    assert len(out) == len(benchmark_page.CHECKS) >= 15
     verdicts = ("CONTRADICTION", "IMPOSSIBLE", "INCONSISTENT", "IMPLAUSIBLE", "CONSISTENT", "MOSTLY", "PARTLY")
     assert all(isinstance(s, str) and s.startswith(verdicts) for s in out)
 
 
 def test_claims_for_suites():
-    speed = seed.claims_for("seed-speed")
+    speed = benchmark_page.claims_for("seed-speed")
     row = speed[0].row()
     assert len(row) == 4 and isinstance(row[0], int) and row[3] == "ms"
-    h100 = seed.claims_for("seed-speed", gpu="H100")
+    h100 = benchmark_page.claims_for("seed-speed", gpu="H100")
     assert {c.gpu for c in h100} == {"H100 80GB"}
     fa2 = [c for c in h100 if c.column == "Flash Attn 2"]
     assert [(c.seq, c.value) for c in fa2] == [(512, 0.6), (1024, 1.0), (2048, 3.4), (4096, 12.5), (8192, 47.8)]
     assert fa2[0].kernels == ("flash2", "sdpa-flash") and fa2[0].batch == 8 and fa2[0].dtype is None
-    mem = seed.claims_for("seed-memory")
+    mem = benchmark_page.claims_for("seed-memory")
     llama = [c for c in mem if c.table == "llama2-7b-memory"]
     assert llama[0].row() == (2048, "Standard Attention (Llama 2 7B model memory)", 3.2 * 1024, "MiB")
     assert any(c.value is None and c.note == "OOM" for c in llama) and llama[0].head_dim == 128
-    scaling = seed.claims_for("seed-scaling")
+    scaling = benchmark_page.claims_for("seed-scaling")
     assert {c.unit for c in scaling} == {"ms/token", "MiB/token", "x"}
-    versions = seed.claims_for("seed-versions")
+    versions = benchmark_page.claims_for("seed-versions")
     assert len(versions) == 16 and {c.seq for c in versions} == {4096}
-    assert len(seed.claims_for("seed")) == len(speed) + len(mem) + len(scaling) + len(versions)
-    ladder = seed.claims_for("ladder")
+    assert len(benchmark_page.claims_for("seed")) == len(speed) + len(mem) + len(scaling) + len(versions)
+    ladder = benchmark_page.claims_for("ladder")
     assert {c.metric for c in ladder} == {"time", "speedup", "memory"}
     assert all(c.batch == 8 for c in ladder if c.metric == "memory")
-    assert seed.claims_for(None) == [] and seed.claims_for("verify") == []
+    assert benchmark_page.claims_for(None) == [] and benchmark_page.claims_for("verify") == []
     with pytest.raises(ValueError):
-        seed.claims_for("nope")
+        benchmark_page.claims_for("nope")
 
 
 def test_beside_gives_measured_and_ratio():
-    claim = next(c for c in seed.claims_for("seed-speed", gpu="H100") if c.column == "Flash Attn 2"
+    claim = next(c for c in benchmark_page.claims_for("seed-speed", gpu="H100") if c.column == "Flash Attn 2"
                  and c.seq == 4096)
     point = {"kernel": "sdpa-flash", "seq_q": 4096, "batch": 8, "heads": 32, "head_dim": 64,
              "dtype": "float16", "timing": {"median_ms": 3.7}}
     other = {**point, "batch": 1}
-    ((kernel, dtype, measured, ratio),) = seed.beside(claim, [point, other])
+    ((kernel, dtype, measured, ratio),) = benchmark_page.beside(claim, [point, other])
     assert kernel == "sdpa-flash" and measured == 3.7 and abs(ratio - 3.7 / 12.5) < 1e-12

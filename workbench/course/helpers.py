@@ -10,8 +10,8 @@ measured as JSON with provenance when `WORKBENCH_NOTEBOOK_OUT` names a folder
 (scripts/run_notebooks.py sets it). Without a GPU it loads what was measured on the H100 from
 figures/h100/ (`committed(...)`) and says so (`source_line(...)`).
 
-Pictures are drawn by workbench.diagrams (figures the notebook shows with plt.show()) and
-workbench.plots (PNG files, shown with `show_png`). Import this module before workbench.plots in a
+Pictures are drawn by workbench.course.diagrams (figures the notebook shows with plt.show()) and
+workbench.bench.plots (PNG files, shown with `show_png`). Import this module before workbench.bench.plots in a
 notebook: plots selects matplotlib's Agg backend, which would stop Jupyter showing figures, and
 this module imports plots in a way that keeps the notebook's backend.
 """
@@ -34,18 +34,18 @@ def _in_ipython() -> bool:
     return bool(ip and getattr(ip, "get_ipython", lambda: None)())
 
 
-# workbench.plots selects matplotlib's Agg backend when imported; inside Jupyter that would switch
+# workbench.bench.plots selects matplotlib's Agg backend when imported; inside Jupyter that would switch
 # the notebook's inline backend off (figures would stop showing), so there it is kept.
-if _in_ipython() and "workbench.plots" not in sys.modules:
+if _in_ipython() and "workbench.bench.plots" not in sys.modules:
     _use, matplotlib.use = matplotlib.use, lambda *args, **kwargs: None
     try:
-        from . import plots
+        from workbench.bench import plots
     finally:
         matplotlib.use = _use
 else:
-    from . import plots
+    from workbench.bench import plots
 
-from .harness import device  # noqa: E402
+from workbench.harness import device  # noqa: E402
 
 OUT_ENV = "WORKBENCH_NOTEBOOK_OUT"
 
@@ -55,7 +55,7 @@ OUT_ENV = "WORKBENCH_NOTEBOOK_OUT"
 # --------------------------------------------------------------------------------------------------
 def repo_root() -> Path:
     """The checkout the package lives in (editable install), or the working directory's parent."""
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]
     if (here / "figures").is_dir():
         return here
     return Path.cwd().resolve().parent
@@ -200,8 +200,8 @@ def measure(kernels, problems, *, repeat: int = 5, seed: int = 0) -> list:
     """Verify each rung on each problem (float64 reference) and, on a GPU, time it (median of up to
     `repeat` CUDA-event timings, L2 flushed) and measure its peak memory: `compare.run_point`.
     In the simulator: verification and the memory model only."""
-    from . import compare
-    from .kernels import get
+    from workbench.bench import compare
+    from workbench.kernels import get
 
     points = []
     for problem in problems:
@@ -212,7 +212,7 @@ def measure(kernels, problems, *, repeat: int = 5, seed: int = 0) -> list:
 
 def measure_peers(peers, problems, *, repeat: int = 5, seed: int = 0) -> list:
     """The same for PyTorch/CuPy peers (GPU only; 'n/a' points where one is not available)."""
-    from . import compare
+    from workbench.bench import compare
 
     return [compare.run_peer_point(name, problem, seed, repeat) for problem in problems for name in peers]
 
@@ -268,7 +268,7 @@ def ms(points, kernel, **where):
 # Showing figures
 # --------------------------------------------------------------------------------------------------
 def show_png(path):
-    """Show a PNG the package wrote (workbench.plots): inline in Jupyter; elsewhere print its path and
+    """Show a PNG the package wrote (workbench.bench.plots): inline in Jupyter; elsewhere print its path and
     copy it to $WORKBENCH_NOTEBOOK_OUT when set."""
     if path is None:
         print("(no figure: nothing in the data it can show)")
@@ -326,7 +326,7 @@ def copy_bandwidth_gbps(n_bytes: int = 2**30) -> float:
     import numpy as np
     from numba import cuda
 
-    from .harness import timing
+    from workbench.harness import timing
 
     a = cuda.device_array(n_bytes // 4, np.float32)
     b = cuda.device_array(n_bytes // 4, np.float32)

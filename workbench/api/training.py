@@ -1,9 +1,9 @@
 """Training through the ladder: the backward rung, its check, and a torch.autograd.Function.
 
     o, lse = workbench.attention(q, k, v, causal=True, return_lse=True)    # flash2 forward
-    dq, dk, dv = workbench.training.backward(q, k, v, o, lse, do, causal=True)
+    dq, dk, dv = workbench.api.training.backward(q, k, v, o, lse, do, causal=True)
 
-    from workbench.training import flash_attention                           # torch autograd
+    from workbench.api.training import flash_attention                           # torch autograd
     out = flash_attention(q, k, v, causal=True)   # q, k, v torch CUDA tensors; out.backward() works
 
 The backward rung (kernels/flash2_bwd.py) is not a forward rung, so it is not in `workbench.LADDER`
@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import reference
-from .api import _contiguous, _kind, _problem_from
-from .harness import runner
-from .kernels import Rung
-from .kernels import flash2_bwd as _flash2_bwd
-from .problem import Problem
+from workbench import reference
+from workbench.api.forward import _contiguous, _kind, _problem_from
+from workbench.harness import runner
+from workbench.kernels import Rung
+from workbench.kernels import flash2_bwd as _flash2_bwd
+from workbench.problem import Problem
 
 BACKWARD = (Rung(1, "flash2_bwd", _flash2_bwd.LESSON, _flash2_bwd),)
 
@@ -268,7 +268,7 @@ def check_backward(problem: Problem, seed: int = 0, config=None, heads: int | No
     dQ, dK, dV against float64. heads: check only this many (batch, kv head) pairs."""
     from numba import cuda
 
-    from .api import attention
+    from workbench.api.forward import attention
 
     rung = get(kernel)
     cfg = check_config(rung, problem, config)
@@ -306,7 +306,7 @@ def check_backward(problem: Problem, seed: int = 0, config=None, heads: int | No
 def _function():
     import torch
 
-    from .api import attention
+    from workbench.api.forward import attention
 
     class FlashAttention(torch.autograd.Function):
         """Forward: the flash2 rung (O and LSE saved). Backward: the flash2_bwd rung."""

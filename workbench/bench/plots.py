@@ -1,13 +1,13 @@
-"""The figures, drawn from `python -m workbench.compare`'s JSON.
+"""The figures, drawn from `python -m workbench.bench.compare`'s JSON.
 
-    python -m workbench.plots figures/h100/ladder.json [more.json ...]
+    python -m workbench.bench.plots figures/h100/ladder.json [more.json ...]
 
 writes, next to each JSON, every figure that applies to it: `<stem>-time.png` (forward time vs
 sequence length, log-log, p20-p80 bars), `<stem>-memory.png` (measured peak memory as points, the
 analytic model as lines, out-of-memory marked), `<stem>-speedup.png` (time ratio to a baseline
 measured in the same file), `<stem>-per_token.png` (ms and MiB per token), `<stem>-roofline.png`
 (achieved TFLOP/s vs arithmetic intensity against compute and bandwidth ceilings) and, for a suite
-measured at a single sequence length, `<stem>-bars.png`. The seed page's claims (workbench.seed) are
+measured at a single sequence length, `<stem>-bars.png`. The seed page's claims (workbench.bench.benchmark_page) are
 drawn beside the measurements as hollow markers on dotted lines, labelled "page ...".
 
 Each function takes the loaded JSON (or a path to it) and the PNG path, returns the path written,
@@ -459,7 +459,7 @@ def speedup_vs_seq(data, path, baseline="naive", claims=None):
             groups.append((key, pts, base))
     if not groups:
         return None
-    from .seed import KERNELS_FOR
+    from workbench.bench.benchmark_page import KERNELS_FOR
 
     show_claims = baseline in KERNELS_FOR["Standard"]
     fig, axes = _figure(len(groups))
@@ -673,13 +673,13 @@ def _short(v: float) -> str:
 # --------------------------------------------------------------------------------------------------
 def write_all(json_path, *, peak_tflops=None, peak_gbps=None, baseline="naive", gpu=None, log=print) -> list:
     """Every figure that applies to one compare JSON, next to it; returns the paths written."""
-    from . import seed
+    from workbench.bench import benchmark_page
 
     data = load(json_path)
     stem = os.path.splitext(str(json_path))[0]
     device = data.get("provenance", {}).get("device")
     try:
-        claims = seed.claims_for(data.get("suite"))
+        claims = benchmark_page.claims_for(data.get("suite"))
     except ValueError:
         claims = []
     claims = pick_claims(claims, gpu or device)
@@ -707,7 +707,7 @@ def write_all(json_path, *, peak_tflops=None, peak_gbps=None, baseline="naive", 
         out("bars", bars(data, f"{stem}-bars.png", claims))
     if tm:
         if peak_tflops is None or peak_gbps is None:
-            from .harness.device import slug
+            from workbench.harness.device import slug
 
             known = MEASURED_PEAKS.get(slug(device or ""))
             if known:
@@ -722,9 +722,9 @@ def write_all(json_path, *, peak_tflops=None, peak_gbps=None, baseline="naive", 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m workbench.plots",
+    p = argparse.ArgumentParser(prog="python -m workbench.bench.plots",
                                 description="Write the figures for compare JSON files, next to each file.")
-    p.add_argument("json", nargs="+", help="compare JSON (python -m workbench.compare --out DIR)")
+    p.add_argument("json", nargs="+", help="compare JSON (python -m workbench.bench.compare --out DIR)")
     p.add_argument("--peak-tflops", type=float, default=None, help="compute ceiling for the roofline")
     p.add_argument("--peak-gbps", type=float, default=None, help="bandwidth ceiling for the roofline")
     p.add_argument("--baseline", default="naive", help="kernel the speedups are relative to")

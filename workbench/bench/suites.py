@@ -1,4 +1,4 @@
-"""Named sets of measurements for `python -m workbench.compare --suite NAME`.
+"""Named sets of measurements for `python -m workbench.bench.compare --suite NAME`.
 
 Each suite has a GPU form (the sizes the question needs) and a simulator form (tiny, correctness and
 the memory model only), so the same command runs anywhere.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .problem import Problem
+from workbench.problem import Problem
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def get(name: str, simulator: bool) -> Suite:
         return Suite("ladder", "the seed config, seq swept: time and peak memory of every rung",
                      problems, timed=True, all_heads=False)
     if name in TRAINING_INFERENCE:
-        raise ValueError(f"suite {name!r} is run by workbench.suites_training.run_suite, not suites.get")
+        raise ValueError(f"suite {name!r} is run by workbench.bench.suites_training.run_suite, not suites.get")
     raise ValueError(f"unknown suite {name!r}; choose one of {NAMES}")
 
 

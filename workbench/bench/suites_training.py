@@ -1,8 +1,8 @@
 """Issue 9's suites: the seed page's training, inference and model tables, re-measured.
 
-    python -m workbench.compare --suite seed-training  --out DIR    # DIR/seed-training.json, .png
-    python -m workbench.compare --suite seed-inference --out DIR [--seq 1024 8192]
-    python -m workbench.compare --suite seed-models    --out DIR
+    python -m workbench.bench.compare --suite seed-training  --out DIR    # DIR/seed-training.json, .png
+    python -m workbench.bench.compare --suite seed-inference --out DIR [--seq 1024 8192]
+    python -m workbench.bench.compare --suite seed-models    --out DIR
 
 (scripts/gpu_training_inference.py runs the same functions, beside its verification sections.)
 
@@ -18,7 +18,7 @@
   are recorded "n/a" with the reason.
 
 Each point is verified (ours against SDPA on the same tensors, and decode against float64 on 4 heads);
-each JSON carries provenance and the page's claims (workbench.seed) beside the points. The page's
+each JSON carries provenance and the page's claims (workbench.bench.benchmark_page) beside the points. The page's
 numbers are whole models on an A100; ours are attention layers, and the tables say which.
 
 Without torch on a GPU (the simulator, or a GPU machine without torch) nothing is timed: each suite
@@ -36,12 +36,13 @@ import time
 
 import numpy as np
 
-from . import decode as dec
-from . import seed, training
-from .harness import device, memory, peers, runner, timing
-from .harness import verify as _verify
-from .kernels import get as get_rung
-from .problem import Problem
+from workbench.api import inference as dec
+from workbench.bench import benchmark_page
+from workbench.api import training
+from workbench.harness import device, memory, peers, runner, timing
+from workbench.harness import verify as _verify
+from workbench.kernels import get as get_rung
+from workbench.problem import Problem
 
 try:
     import torch
@@ -81,7 +82,7 @@ class Session:
         the page's claims."""
         data = {"provenance": self.prov, "suite": suite, "complete": complete, **extra, "points": points}
         if suite.startswith("seed-"):
-            data["claims"] = [{**c.__dict__, "kernels": list(c.kernels)} for c in seed.claims_for(suite)]
+            data["claims"] = [{**c.__dict__, "kernels": list(c.kernels)} for c in benchmark_page.claims_for(suite)]
         paths = ([os.path.join(self.out, name)] if self.out else []) + ([self.json_path] if self.json_path else [])
         for path in paths:
             with open(path, "w") as f:
@@ -285,7 +286,7 @@ TRAIN_META = {"config": "one attention layer at Llama-2-7B's shape: 32 heads, D=
 def seed_training(s: Session):
     if not s.have_torch:
         return verify_only(s, "seed-training")
-    heads, _, dim = seed.MODEL_SHAPES["Llama 2 7B"]
+    heads, _, dim = benchmark_page.MODEL_SHAPES["Llama 2 7B"]
     points = []
     for b, n in [r for r in TRAIN_ROWS if s.keep(r[1])]:
         p = Problem(b, heads, heads, n, n, dim, "float16", causal=True)
@@ -313,9 +314,9 @@ def seed_inference(s: Session):
     from numba import cuda
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
-    from . import reference
+    from workbench import reference
 
-    heads, hkv, dim = seed.MODEL_SHAPES["Llama 2 7B"]
+    heads, hkv, dim = benchmark_page.MODEL_SHAPES["Llama 2 7B"]
     rung = dec.DECODE[0]
     points = []
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -408,7 +409,7 @@ def seed_models(s: Session):
         return verify_only(s, "seed-models")
     points = []
     for model, b, n in [r for r in MODEL_ROWS if s.keep(r[2])]:
-        h, hkv, d = seed.MODEL_SHAPES[model]
+        h, hkv, d = benchmark_page.MODEL_SHAPES[model]
         p = Problem(b, h, hkv, n, n, d, "float16", causal=True)
         new = fwd_bwd_points(p, model, forward_too=True)
         for x in new:
@@ -442,7 +443,7 @@ TINY = {
     "seed-training": [("tiny Llama-2-7B-like", Problem(1, 2, 2, 13, 13, 32, "float16", causal=True))],
     "seed-inference": [(n, _tiny_decode(n)) for n in (7, 21)],  # partial last blocks
     "seed-models": [(m, Problem(1, 2 if hkv < h else 1, 1, 9, 9, d, "float16", causal=True))
-                    for m, (h, hkv, d) in seed.MODEL_SHAPES.items()],
+                    for m, (h, hkv, d) in benchmark_page.MODEL_SHAPES.items()],
 }
 PEERS = {"seed-training": ("sdpa-flash", "torch-standard"),
          "seed-inference": ("sdpa-flash", "torch-gather-sdpa", "torch-standard"),
@@ -522,7 +523,7 @@ def figures(s: Session, train, infer, models):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from . import plots
+    from workbench.bench import plots
 
     timed_ = lambda pts: pts if pts and any(x.get("timing") for x in pts) else None  # noqa: E731
     train, infer, models = timed_(train), timed_(infer), timed_(models)
@@ -544,7 +545,7 @@ def figures(s: Session, train, infer, models):
             ys = [next((x.get("samples_per_s") or 0 for x in train if x["kernel"] == k and x["label"] == lab), 0)
                   for lab in labels]
             ax.bar(np.arange(len(labels)) + (i - 1.5) * w, ys, w, label=name)
-        claims = {(c.batch, c.seq): c.value for c in seed.claims_for("seed-training")
+        claims = {(c.batch, c.seq): c.value for c in benchmark_page.claims_for("seed-training")
                   if c.column.startswith("Flash") and c.value}
         ys = [claims.get((b, n), 0) for b, n in rows]
         ax.bar(np.arange(len(labels)) + 1.5 * w, ys, w, label="page: Flash Attn (whole Llama-2-7B, A100)",
@@ -562,7 +563,7 @@ def figures(s: Session, train, infer, models):
             xs = [x["context"] for x in infer if x["kernel"] == k]
             ys = [x["tokens_per_s_layer"] for x in infer if x["kernel"] == k]
             ax.plot(xs, ys, marker="o", label=k + (" (ours, paged)" if k == "decode" else ""))
-        cl = [c for c in seed.claims_for("seed-inference") if c.column.startswith("Flash") and c.value]
+        cl = [c for c in benchmark_page.claims_for("seed-inference") if c.column.startswith("Flash") and c.value]
         ax.plot([c.seq for c in cl], [c.value for c in cl], "k--", marker="x",
                 label="page: Flash Attn (whole Llama-2-7B, A100)")
         ax.set_xscale("log", base=2)
@@ -592,7 +593,7 @@ def figures(s: Session, train, infer, models):
 
 
 # --------------------------------------------------------------------------------------------------
-# For `python -m workbench.compare --suite NAME`: the table, the page's claims beside, the files
+# For `python -m workbench.bench.compare --suite NAME`: the table, the page's claims beside, the files
 # --------------------------------------------------------------------------------------------------
 def _rate(x):
     for key, unit in (("samples_per_s", "samples/s"), ("tokens_per_s_layer", "tokens/s")):
@@ -642,7 +643,7 @@ def _ours(suite, claim, x):
 def claims_beside(points, suite) -> list:
     """[(claim, kernel, ours, what ours is, ours ÷ claimed)] for the page's claims that have a number."""
     rows = []
-    for c in seed.claims_for(suite):
+    for c in benchmark_page.claims_for(suite):
         if c.metric == "speedup":
             continue
         for x in points:
@@ -658,7 +659,7 @@ def print_claims(points, suite):
 
     rows = claims_beside(points, suite)
     if not rows:
-        n = sum(c.metric != "speedup" for c in seed.claims_for(suite))
+        n = sum(c.metric != "speedup" for c in benchmark_page.claims_for(suite))
         print(f"the page's {n} claims for {suite} have no measurement beside them ({NO_TIMING})"
               if not any(x.get("timing") for x in points) else f"no claim of {suite} matches these points")
         return

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .problem import Problem
+from workbench.problem import Problem
 
 F32 = 4  # bytes of a float32: S, P, the scratch O, m, l, LSE are always float32
 
@@ -105,7 +105,7 @@ def requested(rung, problem: Problem, config: dict | None = None) -> dict:
     `rung` is a name or a Rung; `config` its tile sizes (default: the rung's DEFAULT_CONFIG, the
     GPU's tiles). Returns {"Q": ..., "K": ..., "V": ..., "S/P": ..., "O": ..., "m, l": ...,
     "LSE": ...} (arrays a rung never touches are 0)."""
-    from .kernels import get
+    from workbench.kernels import get
 
     rung = get(rung)
     cfg = {**rung.module.DEFAULT_CONFIG, **(config or {})}
@@ -141,7 +141,7 @@ def requested(rung, problem: Problem, config: dict | None = None) -> dict:
         out["O"] = bh * nq * d * (2 * (tc - 1) * F32 + s)  # (Tc − 1) writes and reads, then the final O
         out["m, l"] = bh * nq * 2 * F32 * 2 * (tc - 1)
     elif rung.name == "flash2":
-        from .kernels import flash2
+        from workbench.kernels import flash2
 
         Br, Bc = flash2.tiles(p, cfg)[:2]
         rows = sum(_rows_in(js, je, Bc, nkv) for js, je in flash2_tile_ranges(p, Br, Bc))

@@ -1,6 +1,6 @@
 """Inference: attention of a few new tokens against a paged KV cache (the decode rung).
 
-    o = workbench.decode.decode(q, k_cache, v_cache, block_table, seq_lens, causal=True)
+    o = workbench.api.inference.decode(q, k_cache, v_cache, block_table, seq_lens, causal=True)
 
 - q: (B, H, Nq, D), the new tokens' queries (Nq = 1 for plain generation).
 - k_cache, v_cache: (num_blocks, Hkv, block_size, D), the pool of physical blocks.
@@ -29,12 +29,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import reference
-from .api import _contiguous, _kind
-from .harness import runner, verify
-from .kernels import Rung
-from .kernels import decode as _decode
-from .problem import DTYPES, check_window
+from workbench import reference
+from workbench.api.forward import _contiguous, _kind
+from workbench.harness import runner, verify
+from workbench.kernels import Rung
+from workbench.kernels import decode as _decode
+from workbench.problem import DTYPES, check_window
 
 DECODE = (Rung(1, "decode", _decode.LESSON, _decode),)
 

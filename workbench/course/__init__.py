@@ -1,0 +1,1 @@
+"""The course: notebook helpers, diagrams, assignments (release, grade, validate)."""

@@ -1,0 +1,639 @@
+"""Paged decode — flash-decoding over a paged KV cache, written to stream the cache at HBM speed.
+
+A decode step is one (or a few) new query tokens per sequence against a cache of thousands of
+keys. Every cached K and V byte is read once and used for a handful of multiply-adds, so the step
+is bound by memory bandwidth: its floor is the cache's bytes over HBM's bandwidth. The algorithm
+is the decode rung's (kernels/decode.py); what changes is how the work and the bytes are laid out
+so that the GPU actually reaches that floor.
+
+The algorithm (flash-decoding, as FlashAttention's `flash_attn_with_kvcache`):
+1. Split the keys. With Nq = 1 there are only B·Hkv (key/value head) problems, often fewer than
+   the SMs. CTA (row block, s, b·Hkv + hk) takes the keys [s·L, (s+1)·L) of its sequence and
+   writes a normalised partial O_s with its LSE_s. The number of splits is chosen so that about
+   `ctas_per_sm` CTAs per SM run (the SM count is read from the device); a split gets at least
+   `split_keys` keys. With one split the kernel writes O itself and no combine runs.
+2. Combine the splits by their LSE (the online-softmax merge, once over splits):
+       m = max_s LSE_s,   w_s = exp(LSE_s − m),   O = Σ w_s O_s / Σ w_s,   LSE = m + log Σ w_s
+   One CTA per query row; the weights are computed once into shared memory.
+3. The cache is paged: k_cache, v_cache are (num_blocks, Hkv, block_size, D), and sequence b's
+   logical key j lives in physical block block_table[b, j // block_size] at offset
+   j % block_size (vLLM's layout). Each key's row of D elements is contiguous.
+
+GQA/MQA: the query heads of a group and the Nq new tokens are the rows of one CTA
+(row r = g·Nq + i: head hk·group + g, token i), Br of them at most, held in registers; so each
+K/V byte is read once for the whole group (groups of more than Br rows are split over CTAs that
+run side by side, and their repeated reads come from L2).
+
+Masks: causal is bottom-right within each sequence (new token i of sequence b sits at position
+seq_lens[b] − Nq + i), windows as in the forward; keys at or past seq_lens[b] are never read, so
+cache slots no sequence owns may hold anything (NaN). Rows or splits that see no key give O = 0,
+LSE = −inf, which the combine weights by 0.
+
+Inside a split CTA (T threads, W = T/32 warps):
+- Lane groups. A row of K (or V) is D·itemsize bytes = C chunks of 16 bytes. A lane group of LK
+  lanes (C rounded up to a power of two, at most 32) reads one row, a 16-byte chunk per lane; so a
+  warp reads KW = 32/LK consecutive keys per load instruction, fully coalesced. Each lane holds
+  the same 16 bytes' worth of elements of every query row (E per row) and of its O accumulator.
+- A step: every lane group takes `unroll` keys (U), all their K and V chunks loaded first, then
+  S = Q·K (partial dot products, summed over the lane group by a shuffle butterfly), the online
+  softmax, O += P·V. The CTA covers W·KW·U consecutive keys per step.
+- Each lane group runs its own online softmax (its own m, l, O) over the keys it sees: nothing is
+  exchanged between lane groups or warps inside the loop, no barrier in the loop at all. At the
+  end of the split, lane groups merge by LSE with shuffles, warps through shared memory.
+
+Tricks, named:
+- 16-byte vector loads: the host passes the cache as uint32 words; `load_vec4` reads four words
+  with one `ld.v4.u32` (LDG.E.128) and the halves are unpacked in registers (fp16 by the
+  hardware's conversion, bf16 by a shift, float32 as is).
+- Many loads in flight: U keys × (K + V) per lane group are issued before any is used, and
+  launch bounds cap registers so that `ctas_per_sm` CTAs fit an SM.
+- The block table off the critical path: each lane group's next physical blocks are read during
+  the current step (prefetch), and logical block and offset advance by additions, not divisions.
+- Conditional rescaling: O and l are rescaled only when a row's running max grows (exact; once
+  the max settles the branch is not taken).
+- exp2 with scale·log2 e folded into Q; masks only on steps at the edges of the visible keys.
+- No combine when one split suffices; a one-CTA-per-row combine with the weights in shared memory
+  and the sum over splits unrolled, so it is a few microseconds.
+
+Config keys: Br (rows per CTA, at most), threads (T, a multiple of 32), unroll (U), ctas_per_sm,
+split_keys (the fewest keys a split takes). Head dims: every multiple of 8 up to 256; dtypes
+float16, bfloat16 (as uint16 bits) and float32. The cache must be 16-byte aligned (allocations
+are). Workspace: the float32 partial O and LSE of every split (none with one split).
+"""
+
+import functools
+import math
+
+import numpy as np
+from numba import config as numba_config
+from numba import cuda, float32, int32, uint32
+
+from .common import load_f32, to_io
+from .warp import FULL_MASK, segment_max, segment_sum
+
+LESSON = ("flash-decoding at HBM speed: splits sized to the GPU, 16-byte row loads through a "
+          "prefetched block table, one LSE merge per split")
+DEFAULT_CONFIG = {"Br": 4, "threads": 128, "unroll": 2, "split_keys": 64}
+SIM_CONFIG = {"threads": 32, "split_keys": 8}
+HEAD_DIMS = tuple(range(8, 257, 8))
+DTYPES = ("float32", "float16", "bfloat16")
+CHUNK = 16  # bytes a lane reads at once
+MAX_SPLITS = 128  # the combine holds one split per thread
+COMBINE_THREADS = 128
+FALLBACK_SMS = 132  # H100/H200, when there is no device to ask
+# CTAs of 128 threads per SM the registers are capped for (launch bounds), by rows per CTA: each
+# row costs a lane 2·8 registers (its Q and O elements); sm_90, no spills at unroll 2.
+MIN_BLOCKS = {1: 5, 2: 4, 3: 3, 4: 3}
+
+FASTMATH = {"afn", "arcp", "contract"}  # approximate exp2/log2/division; infinities kept
+NEG_INF = float32(-math.inf)
+LN2 = float32(math.log(2.0))
+LOG2E = np.float32(math.log2(math.e))
+
+
+# --- 16-byte loads and unpacking words ------------------------------------------------------------
+#   load_vec4(words, i)   the four uint32 words words.flat[i : i + 4], i a multiple of 4, as one
+#                         16-byte load (a tuple of 4 uint32)
+#   f16x2(w), bf16x2(w)   the two 16-bit halves of word w as float32 (low half first)
+#   f32_of(w)             the float32 whose bits are w
+# On the GPU they are intrinsics (always inline, compiled with no GPU present); the simulator does
+# the same in NumPy.
+if numba_config.ENABLE_CUDASIM:
+    def load_vec4(words, i):
+        flat = words.ravel()
+        return flat[i], flat[i + 1], flat[i + 2], flat[i + 3]
+
+    def f16x2(w):
+        h = np.array([w], np.uint32).view(np.float16)
+        return np.float32(h[0]), np.float32(h[1])
+
+    def bf16x2(w):
+        w = int(w)
+        return (np.array([(w << 16) & 0xFFFFFFFF], np.uint32).view(np.float32)[0],
+                np.array([w & 0xFFFF0000], np.uint32).view(np.float32)[0])
+
+    def f32_of(w):
+        return np.array([w], np.uint32).view(np.float32)[0]
+
+else:
+    from llvmlite import ir
+    from numba.cuda import types
+    from numba.cuda.core.errors import TypingError
+    from numba.cuda.extending import intrinsic
+    from numba.cuda.typing import signature
+
+    _I32, _F32 = ir.IntType(32), ir.FloatType()
+
+    @intrinsic
+    def load_vec4(typingctx, words, index):
+        """Four uint32 words from a C-contiguous uint32 array at flat index `index` (a multiple of
+        4, on a 16-byte aligned array): one vector load, `ld.global.nc.v4.u32` (the cache is
+        read-only while the kernel runs)."""
+        if not (isinstance(words, types.Array) and words.dtype == types.uint32
+                and words.layout == "C" and isinstance(index, types.Integer)):
+            raise TypingError(f"load_vec4 takes a C-contiguous uint32 array and an int, not "
+                              f"{words} and {index}")
+        ret = types.UniTuple(types.uint32, 4)
+
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            idx = context.cast(builder, args[1], sig.args[1], types.intp)
+            ptr = builder.bitcast(builder.gep(ary.data, [idx]), ir.VectorType(_I32, 4).as_pointer())
+            vec = builder.load(ptr, align=16)
+            vec.set_metadata("invariant.load", builder.module.add_metadata([]))
+            return context.make_tuple(builder, ret, [
+                builder.extract_element(vec, ir.Constant(_I32, k)) for k in range(4)])
+
+        return signature(ret, words, index), codegen
+
+    def _halves(builder, w, to_f32):
+        return [to_f32(builder, w), to_f32(builder, builder.lshr(w, ir.Constant(_I32, 16)))]
+
+    @intrinsic
+    def f16x2(typingctx, w):
+        """The two float16 halves of a uint32 word as float32 (cvt.f32.f16 each)."""
+        if w != types.uint32:
+            raise TypingError(f"f16x2 takes a uint32, not {w}")
+        ret = types.UniTuple(types.float32, 2)
+
+        def one(builder, x):
+            return builder.fpext(builder.bitcast(builder.trunc(x, ir.IntType(16)), ir.HalfType()), _F32)
+
+        def codegen(context, builder, sig, args):
+            return context.make_tuple(builder, ret, _halves(builder, args[0], one))
+
+        return signature(ret, w), codegen
+
+    @intrinsic
+    def bf16x2(typingctx, w):
+        """The two bfloat16 halves of a uint32 word as float32: a bfloat16 is the top half of a
+        float32, so the low half shifted up, and the high half with the low bits cleared, ARE the
+        float32s (exactly)."""
+        if w != types.uint32:
+            raise TypingError(f"bf16x2 takes a uint32, not {w}")
+        ret = types.UniTuple(types.float32, 2)
+
+        def codegen(context, builder, sig, args):
+            w = args[0]
+            lo = builder.bitcast(builder.shl(w, ir.Constant(_I32, 16)), _F32)
+            hi = builder.bitcast(builder.and_(w, ir.Constant(_I32, 0xFFFF0000)), _F32)
+            return context.make_tuple(builder, ret, [lo, hi])
+
+        return signature(ret, w), codegen
+
+    @intrinsic
+    def f32_of(typingctx, w):
+        """The float32 whose bits are the uint32 w."""
+        if w != types.uint32:
+            raise TypingError(f"f32_of takes a uint32, not {w}")
+
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], _F32)
+
+        return signature(types.float32, w), codegen
+
+
+@cuda.jit(device=True, inline="always")
+def rescale(m, m_new):
+    """2^(m − m_new): the weight of a partial whose max is m in a merge whose max is m_new
+    (0 when the partial saw no key; m = m_new = −inf would otherwise give NaN)."""
+    return math.exp2(m - m_new) if m != NEG_INF else float32(0)
+
+
+# --- the plan: lanes, rows, splits ----------------------------------------------------------------
+def itemsize(dtype: str) -> int:
+    return 4 if dtype == "float32" else 2
+
+
+def lane_layout(D, size):
+    """(C, LK, CPL, EPC) for rows of D elements of `size` bytes: C chunks of 16 bytes in a row, LK
+    lanes (a power of two, at most 32) read a row, CPL chunks each, EPC elements in a chunk."""
+    epc = CHUNK // size
+    chunks = D // epc
+    lk = 1
+    while lk < min(chunks, 32):
+        lk *= 2
+    return chunks, lk, -(-chunks // lk), epc
+
+
+def row_blocks(problem, config):
+    """(Br, row blocks): the group·Nq rows of a kv head in as few blocks of at most Br as can be,
+    evenly sized."""
+    rows = problem.group * problem.seq_q
+    blocks = -(-rows // config["Br"])
+    return -(-rows // blocks), blocks
+
+
+def step_keys(problem, config) -> int:
+    """Keys a split CTA covers per step: W warps × KW lane groups × U keys."""
+    _, lk, _, _ = lane_layout(problem.head_dim, itemsize(problem.dtype))
+    return config["threads"] // 32 * (32 // lk) * config["unroll"]
+
+
+@functools.cache
+def sm_count() -> int:
+    """The device's SM count (132 on an H100/H200, and in the simulator or with no GPU)."""
+    if numba_config.ENABLE_CUDASIM:
+        return FALLBACK_SMS
+    try:
+        return int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+    except Exception:  # no driver (compile checks on a CPU machine)
+        return FALLBACK_SMS
+
+
+def ctas_per_sm(Br, T) -> int:
+    """CTAs per SM that the registers are capped for (MIN_BLOCKS, scaled to T threads)."""
+    return max(1, MIN_BLOCKS[min(Br, 4)] * 128 // T)
+
+
+def split_plan(problem, config):
+    """(splits, keys per split L): enough CTAs to fill every SM (ctas_per_sm each), each split
+    at least split_keys keys and a whole number of steps, at most MAX_SPLITS splits."""
+    Br, blocks = row_blocks(problem, config)
+    base = problem.batch * problem.kv_heads * blocks
+    n = problem.max_seq
+    want = -(-sm_count() * ctas_per_sm(Br, config["threads"]) // base)
+    splits = max(1, min(want, n // config["split_keys"], MAX_SPLITS))
+    step = step_keys(problem, config)
+    per = -(-n // splits)
+    per = -(-per // step) * step
+    return -(-n // per), per
+
+
+# --- the split kernel -----------------------------------------------------------------------------
+@functools.cache
+def build(Br, D, dtype, T, U):
+    """The split kernel for Br rows of head dim D in `dtype`: CTA (row block, split, b·Hkv + hk)."""
+    C, LK, CPL, EPC = lane_layout(D, itemsize(dtype))
+    W = T // 32
+    KW = 32 // LK  # lane groups in a warp: keys per warp per load
+    STRIDE = W * KW  # from one of a lane group's keys in a step to its next
+    STEP = STRIDE * U
+    E = CPL * EPC  # elements of a row each lane holds
+    WORDS = CPL * 4  # uint32 words each lane loads per row
+    RW = D * itemsize(dtype) // 4  # words per row
+    HALVES = dtype != "float32"  # two elements per word
+    BF16 = dtype == "bfloat16"
+
+    options = {} if numba_config.ENABLE_CUDASIM else {"launch_bounds": (T, ctas_per_sm(Br, T))}
+
+    @cuda.jit(fastmath=FASTMATH, **options)
+    def paged_decode_split(q, k_words, v_words, block_table, seq_lens, o, lse, o_part, lse_part,
+                           scale_log2, split_len, left, right):
+        sm_m = cuda.shared.array((W, Br), float32)  # each warp's m, l, O after its lane groups merge
+        sm_l = cuda.shared.array((W, Br), float32)
+        sm_o = cuda.shared.array((W, Br, D), float32)
+        q_r = cuda.local.array((Br, E), float32)  # my elements of the CTA's query rows
+        acc = cuda.local.array((Br, E), float32)  # ... and of O (unnormalised)
+        m = cuda.local.array(Br, float32)  # running max (base 2) and sum, per row, my lane group
+        l = cuda.local.array(Br, float32)
+        s = cuda.local.array((U, Br), float32)  # S, then P, of this step's keys
+        kw = cuda.local.array((U, WORDS), uint32)  # this step's K and V chunks
+        vw = cuda.local.array((U, WORDS), uint32)
+        # Key bookkeeping in int32 arrays, so the compiler keeps it 32-bit (Numba's integers are
+        # 64-bit): per key u of a step, its offset from the step's first key, the physical block
+        # and word offset (in the block) of this step's key, and the next step's physical block
+        # (prefetched), logical block (unsigned: no negative-index wrap-around code) and offset.
+        ahead = cuda.local.array(U, int32)
+        blk = cuda.local.array(U, int32)
+        at_words = cuda.local.array(U, int32)
+        nxt_blk = cuda.local.array(U, int32)
+        nxt_lb = cuda.local.array(U, uint32)
+        nxt_at = cuda.local.array(U, int32)
+
+        t = cuda.threadIdx.x
+        warp = t // 32
+        lane_group = (t % 32) // LK  # my lane group in the warp
+        lk = t % LK  # my lane in it
+        mine = warp * KW + lane_group  # my first key of a step, relative to the step
+        row0 = cuda.blockIdx.x * Br
+        split = cuda.blockIdx.y
+        kv_heads = k_words.shape[1]
+        bs = k_words.shape[2]
+        b = cuda.blockIdx.z // kv_heads
+        hk = cuda.blockIdx.z - b * kv_heads
+        heads = q.shape[1]
+        n_q = q.shape[2]
+        group = heads // kv_heads
+        rows = group * n_q
+        n_kv = seq_lens[b]
+        shift = n_kv - n_q
+
+        # Keys some row of the CTA sees ([lo, hi), clipped to the split), and keys all rows see.
+        i_min = n_q
+        i_max = -1
+        for r in range(Br):
+            if row0 + r < rows:
+                i = (row0 + r) % n_q
+                i_min = min(i_min, i)
+                i_max = max(i_max, i)
+        lo = max(split * split_len, i_min + shift - left, 0)
+        hi = min((split + 1) * split_len, i_max + shift + right + 1, n_kv)
+        all_lo = i_max + shift - left
+        all_hi = min(i_min + shift + right + 1, hi)
+
+        # My elements of the query rows, times scale·log2 e (so S comes out in base 2).
+        for r in range(Br):
+            g = (row0 + r) // n_q
+            i = (row0 + r) - g * n_q
+            for cc in range(CPL):
+                chunk = lk + LK * cc
+                for e in range(EPC):
+                    x = float32(0)
+                    if row0 + r < rows and chunk < C:
+                        x = load_f32(q[b, hk * group + g, i, chunk * EPC + e]) * scale_log2
+                    q_r[r, cc * EPC + e] = x
+                    acc[r, cc * EPC + e] = float32(0)
+            m[r] = NEG_INF
+            l[r] = float32(0)
+
+        # Where my keys are: one division per CTA, then the walk advances by additions. A key's
+        # first word: physical block · block_words + offset · RW + head_words (my lane's chunk).
+        bs32 = int32(bs)
+        step_blocks = int32(STEP // bs)
+        step_at = int32(STEP - step_blocks * bs)
+        block_words = int32(kv_heads * bs * RW)
+        head_words = int32(hk * bs * RW + lk * 4)
+        table_row = block_table[b]
+        for u in range(U):
+            ahead[u] = mine + u * STRIDE
+            key = lo + ahead[u]
+            nxt_lb[u] = key // bs
+            nxt_at[u] = key - nxt_lb[u] * bs
+            nxt_blk[u] = 0
+            if key < hi:
+                nxt_blk[u] = table_row[nxt_lb[u]]
+
+        j0 = lo
+        while j0 < hi:
+            todo = int32(hi - j0)  # keys left from this step's first; then from the next step's
+            todo_next = int32(todo - STEP)
+            # This step's blocks were read last step; read the next step's now (the block table
+            # read overlaps this step's K/V reads instead of preceding them).
+            for u in range(U):
+                blk[u] = nxt_blk[u]
+                at_words[u] = nxt_at[u] * RW + head_words
+                nxt_at[u] += step_at
+                nxt_lb[u] += step_blocks
+                if nxt_at[u] >= bs32:
+                    nxt_at[u] -= bs32
+                    nxt_lb[u] += 1
+                if ahead[u] < todo_next:
+                    nxt_blk[u] = table_row[nxt_lb[u]]
+
+            # Issue every K and V load of the step before using any (zeros past the keys).
+            for u in range(U):
+                words = blk[u] * block_words + at_words[u]
+                for cc in range(CPL):
+                    k4 = (uint32(0), uint32(0), uint32(0), uint32(0))
+                    v4 = (uint32(0), uint32(0), uint32(0), uint32(0))
+                    if ahead[u] < todo and lk + LK * cc < C:
+                        k4 = load_vec4(k_words, words + LK * 4 * cc)
+                        v4 = load_vec4(v_words, words + LK * 4 * cc)
+                    for w in range(4):
+                        kw[u, cc * 4 + w] = k4[w]
+                        vw[u, cc * 4 + w] = v4[w]
+
+            # S = Q·K: my partial dot products, summed over the lane group (a butterfly).
+            for u in range(U):
+                for r in range(Br):
+                    s[u, r] = float32(0)
+                for w in range(WORDS):
+                    if HALVES:
+                        x0, x1 = bf16x2(kw[u, w]) if BF16 else f16x2(kw[u, w])
+                        for r in range(Br):  # two FFMA (a + b·c + d·e would round in between)
+                            s[u, r] += q_r[r, 2 * w] * x0
+                            s[u, r] += q_r[r, 2 * w + 1] * x1
+                    else:
+                        x0 = f32_of(kw[u, w])
+                        for r in range(Br):
+                            s[u, r] += q_r[r, w] * x0
+                for r in range(Br):
+                    s[u, r] = segment_sum(FULL_MASK, s[u, r], LK)
+
+            # Masks, only on steps at the edges of what every row sees.
+            if not (j0 >= all_lo and j0 + STEP <= all_hi):
+                for u in range(U):
+                    key = j0 + ahead[u]
+                    for r in range(Br):
+                        i = (row0 + r) % n_q
+                        if key >= hi or key < i + shift - left or key > i + shift + right:
+                            s[u, r] = NEG_INF
+
+            # Online softmax per row: O and l rescaled only when the max grows; P in place of S.
+            for r in range(Br):
+                m_new = m[r]
+                for u in range(U):
+                    m_new = max(m_new, s[u, r])
+                if m_new > m[r]:
+                    alpha = rescale(m[r], m_new)
+                    l[r] *= alpha
+                    for e in range(E):
+                        acc[r, e] *= alpha
+                    m[r] = m_new
+                m_use = m[r] if m[r] != NEG_INF else float32(0)  # no key yet: every P is 0
+                for u in range(U):
+                    p = math.exp2(s[u, r] - m_use)
+                    s[u, r] = p
+                    l[r] += p
+
+            # O += P·V on my elements.
+            for u in range(U):
+                for w in range(WORDS):
+                    if HALVES:
+                        x0, x1 = bf16x2(vw[u, w]) if BF16 else f16x2(vw[u, w])
+                        for r in range(Br):
+                            acc[r, 2 * w] += s[u, r] * x0
+                            acc[r, 2 * w + 1] += s[u, r] * x1
+                    else:
+                        x0 = f32_of(vw[u, w])
+                        for r in range(Br):
+                            acc[r, w] += s[u, r] * x0
+            j0 += STEP
+
+        # Merge the lane groups of my warp by LSE (a butterfly over lanes LK, 2·LK, ... apart).
+        dist = LK
+        while dist < 32:
+            for r in range(Br):
+                m_o = cuda.shfl_xor_sync(FULL_MASK, m[r], dist)
+                l_o = cuda.shfl_xor_sync(FULL_MASK, l[r], dist)
+                m_new = max(m[r], m_o)
+                a = rescale(m[r], m_new)
+                c = rescale(m_o, m_new)
+                l[r] = l[r] * a + l_o * c
+                for e in range(E):
+                    acc[r, e] = acc[r, e] * a + cuda.shfl_xor_sync(FULL_MASK, acc[r, e], dist) * c
+                m[r] = m_new
+            dist *= 2
+        if lane_group == 0:
+            for r in range(Br):
+                if lk == 0:
+                    sm_m[warp, r] = m[r]
+                    sm_l[warp, r] = l[r]
+                for cc in range(CPL):
+                    chunk = lk + LK * cc
+                    if chunk < C:
+                        for e in range(EPC):
+                            sm_o[warp, r, chunk * EPC + e] = acc[r, cc * EPC + e]
+        cuda.syncthreads()
+
+        # Merge the warps; write O and LSE (one split), or this split's normalised O_s and LSE_s.
+        for idx in range(t, Br * D, T):
+            r = idx // D
+            d = idx - r * D
+            if row0 + r < rows:
+                m_all = NEG_INF
+                for w in range(W):
+                    m_all = max(m_all, sm_m[w, r])
+                l_all = float32(0)
+                o_all = float32(0)
+                for w in range(W):
+                    c = rescale(sm_m[w, r], m_all)
+                    l_all += sm_l[w, r] * c
+                    o_all += sm_o[w, r, d] * c
+                out = o_all / l_all if l_all > float32(0) else float32(0)
+                row_lse = (m_all + math.log2(l_all)) * LN2 if l_all > float32(0) else NEG_INF
+                g = (row0 + r) // n_q
+                i = (row0 + r) - g * n_q
+                h = hk * group + g
+                if cuda.gridDim.y == 1:
+                    o[b, h, i, d] = to_io(out, o)
+                    if d == 0:
+                        lse[b, h, i] = row_lse
+                else:
+                    row = (b * heads + h) * n_q + i
+                    o_part[split, row, d] = out
+                    if d == 0:
+                        lse_part[split, row] = row_lse
+
+    return paged_decode_split
+
+
+# --- the combine kernel ---------------------------------------------------------------------------
+@functools.cache
+def build_combine(D):
+    """O = Σ_s w_s O_s / Σ_s w_s with w_s = exp(LSE_s − max LSE): one CTA per query row, one split
+    per thread for the weights, the sum over splits unrolled 8 ways (8 loads in flight)."""
+    T = COMBINE_THREADS
+    NW = T // 32
+
+    @cuda.jit(fastmath=FASTMATH)
+    def paged_decode_combine(o_part, lse_part, o, lse):
+        weight = cuda.shared.array(MAX_SPLITS, float32)
+        warp_max = cuda.shared.array(NW, float32)
+        warp_sum = cuda.shared.array(NW, float32)
+        t = cuda.threadIdx.x
+        row = cuda.blockIdx.x
+        heads = o.shape[1]
+        n_q = o.shape[2]
+        b = row // (heads * n_q)
+        h = (row // n_q) % heads
+        i = row % n_q
+        splits = o_part.shape[0]
+
+        x = lse_part[t, row] if t < splits else NEG_INF
+        x_max = segment_max(FULL_MASK, x, 32)
+        if t % 32 == 0:
+            warp_max[t // 32] = x_max
+        cuda.syncthreads()
+        m = warp_max[0]
+        for w in range(1, NW):
+            m = max(m, warp_max[w])
+        if m == NEG_INF:  # no split saw a key
+            for d in range(t, D, T):
+                o[b, h, i, d] = to_io(float32(0), o)
+            if t == 0:
+                lse[b, h, i] = NEG_INF
+            return
+        wt = math.exp(x - m) if t < splits else float32(0)
+        weight[t] = wt
+        wt_sum = segment_sum(FULL_MASK, wt, 32)
+        if t % 32 == 0:
+            warp_sum[t // 32] = wt_sum
+        cuda.syncthreads()
+        den = float32(0)
+        for w in range(NW):
+            den += warp_sum[w]
+        for d in range(t, D, T):
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = float32(0)
+            sp = 0
+            while sp + 8 <= splits:
+                a0 += weight[sp] * o_part[sp, row, d]
+                a1 += weight[sp + 1] * o_part[sp + 1, row, d]
+                a2 += weight[sp + 2] * o_part[sp + 2, row, d]
+                a3 += weight[sp + 3] * o_part[sp + 3, row, d]
+                a4 += weight[sp + 4] * o_part[sp + 4, row, d]
+                a5 += weight[sp + 5] * o_part[sp + 5, row, d]
+                a6 += weight[sp + 6] * o_part[sp + 6, row, d]
+                a7 += weight[sp + 7] * o_part[sp + 7, row, d]
+                sp += 8
+            while sp < splits:
+                a0 += weight[sp] * o_part[sp, row, d]
+                sp += 1
+            o[b, h, i, d] = to_io(((a0 + a1) + (a2 + a3) + ((a4 + a5) + (a6 + a7))) / den, o)
+        if t == 0:
+            lse[b, h, i] = m + math.log(den)
+
+    return paged_decode_combine
+
+
+# --- the rung's contract --------------------------------------------------------------------------
+def shared_bytes(Br, D, T):
+    """The split kernel's m, l and O of each warp (the combine's is smaller)."""
+    return 4 * (T // 32) * Br * (D + 2)
+
+
+def needs(problem, config):
+    from ..harness.runner import Needs
+
+    Br, _ = row_blocks(problem, config)
+    T = config["threads"]
+    return Needs(shared_bytes=shared_bytes(Br, problem.head_dim, T), head_dims=HEAD_DIMS,
+                 dtypes=DTYPES,
+                 rules={"threads is a multiple of 32, at most 1024": T % 32 == 0 and T <= 1024,
+                        "Br is at most 16 (the rows live in registers)": config["Br"] <= 16})
+
+
+def _splits_and_rows(problem, config):
+    splits, split_len = split_plan(problem, config)
+    return splits, split_len, problem.batch * problem.heads * problem.seq_q
+
+
+def workspace_bytes(problem, config):
+    """The float32 partial O and LSE of every split (a placeholder of two floats with one split)."""
+    splits, _, rows = _splits_and_rows(problem, config)
+    return 4 * splits * rows * (problem.head_dim + 1) if splits > 1 else 8
+
+
+def as_words(cache):
+    """The cache as uint32 words, (num_blocks, Hkv, block_size, D·itemsize/4): a view, no copy
+    (planning placeholders get a placeholder of that shape)."""
+    shape = tuple(int(n) for n in cache.shape)
+    shape = shape[:-1] + (shape[-1] * np.dtype(cache.dtype).itemsize // 4,)
+    if not hasattr(cache, "view"):
+        return type(cache)(shape, np.uint32)
+    ptr = getattr(cache, "device_ctypes_pointer", None)
+    if ptr is not None and not numba_config.ENABLE_CUDASIM and (ptr.value or 0) % CHUNK:
+        raise ValueError(f"the KV cache must start on a {CHUNK}-byte boundary for vector loads "
+                         f"(it starts at {ptr.value:#x}): pass a freshly allocated cache")
+    return cache.view(np.uint32)
+
+
+def launch(problem, config, q, k_cache, v_cache, block_table, seq_lens, o, lse, gpu):
+    p = problem
+    Br, blocks = row_blocks(p, config)
+    splits, split_len, rows = _splits_and_rows(p, config)
+    left, right = p.mask_bounds()
+    if splits > 1:
+        o_part = gpu.empty((splits, rows, p.head_dim), np.float32)
+        lse_part = gpu.empty((splits, rows), np.float32)
+    else:  # the split kernel writes O itself
+        o_part = gpu.empty((1, 1, 1), np.float32)
+        lse_part = gpu.empty((1, 1), np.float32)
+    T = config["threads"]
+    kernel = build(Br, p.head_dim, p.dtype, T, config["unroll"])
+    gpu.launch(kernel, (blocks, splits, p.batch * p.kv_heads), T,
+               q, as_words(k_cache), as_words(v_cache), block_table, seq_lens, o, lse,
+               o_part, lse_part, LOG2E * np.float32(p.scale), split_len, left, right)
+    if splits > 1:
+        gpu.launch(build_combine(p.head_dim), rows, COMBINE_THREADS, o_part, lse_part, o, lse)
