@@ -59,7 +59,7 @@ BAD = {
     "causal not bool": (lambda q, k, v: (q, k, v), {"causal": "yes"}, TypeError, "causal"),
     "list input": (lambda q, k, v: (q.tolist(), k, v), {}, TypeError, "NumPy arrays"),
     "mixed kinds": (lambda q, k, v: (cuda.to_device(q), k, v), {}, TypeError, "same kind"),
-    "scale not finite": (lambda q, k, v: (q, k, v), {"scale": float("nan")}, TypeError, "scale"),
+    "scale not finite": (lambda q, k, v: (q, k, v), {"scale": float("nan")}, ValueError, "scale"),
 }
 
 

@@ -49,6 +49,25 @@ def check_window(window) -> tuple[int, int] | None:
     return int(left), int(right)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_scale(scale, head_dim: int) -> float:
+    """`scale` as a float the kernels can use: None -> 1/sqrt(D); otherwise a real number (not a
+    bool) that is finite, nonzero and stays so in float32, where every rung multiplies by it."""
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
+        raise TypeError(f"scale must be a real number or None (1/sqrt(D)), got {scale!r}")
+    value = float(scale)
+    if not math.isfinite(value) or value == 0:
+        raise ValueError(f"scale must be finite and nonzero, got {scale!r}")
+    if abs(value) > FLOAT32_MAX or np.float32(value) == 0:
+        raise ValueError(f"scale = {value!r} is not representable in float32 (the kernels' arithmetic): "
+                         f"use |scale| between {float(np.finfo(np.float32).tiny):.1e} and {FLOAT32_MAX:.1e}")
+    return value
+
+
 @dataclass(frozen=True)
 class Problem:
     batch: int = 1
@@ -79,12 +98,7 @@ class Problem:
         set_(self, "dtype", dtype)
         set_(self, "causal", bool(self.causal))
         set_(self, "window", check_window(self.window))
-        if self.scale is None:
-            set_(self, "scale", 1.0 / math.sqrt(self.head_dim))
-        elif not isinstance(self.scale, (int, float, np.floating)) or not math.isfinite(self.scale):
-            raise TypeError(f"scale must be a finite number or None, got {self.scale!r}")
-        else:
-            set_(self, "scale", float(self.scale))
+        set_(self, "scale", check_scale(self.scale, self.head_dim))
 
     # --- shapes -----------------------------------------------------------------------------
     @property
@@ -121,7 +135,9 @@ class Problem:
         so that `i + shift - left <= j <= i + shift + right` needs no branch."""
         far = self.seq_q + self.seq_kv
         left, right = self.window_bounds()
-        return (far if left < 0 else left), (far if right < 0 else right)
+        # A side wider than Nq + Nkv sees exactly what an unbounded one does; clamping it keeps the
+        # kernels' int64 mask arithmetic (i + shift ± bound) far from overflow.
+        return (far if left < 0 else min(left, far)), (far if right < 0 else min(right, far))
 
     def visible_range(self) -> tuple[np.ndarray, np.ndarray]:
         """Per query row i: the first and one-past-last visible key (empty when lo >= hi)."""

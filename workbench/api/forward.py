@@ -20,7 +20,7 @@ import numpy as np
 from workbench import dtypes
 from workbench.harness import runner
 from workbench.kernels import get
-from workbench.problem import DTYPES, Problem
+from workbench.problem import DTYPES, FLOAT32_MAX, Problem
 
 
 def _kind(x) -> str:
@@ -89,9 +89,31 @@ def _problem_from(q, k, v, causal, window, scale) -> Problem:
             f"q has {h} heads, k/v have {hk}: the query heads must be a multiple of the key/value "
             f"heads (MHA: equal, GQA: a divisor, MQA: 1)"
         )
-    if not isinstance(causal, (bool, np.bool_)):
-        raise TypeError(f"causal must be True or False, got {causal!r}")
+    check_flag("causal", causal)
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if isinstance(x, np.ndarray) and x.dtype.byteorder not in "=|" and x.dtype.itemsize > 1:
+            raise ValueError(f"{name} is big-endian ({x.dtype.str}): the GPU reads native (little-endian) "
+                             f"numbers; pass {name}.astype({name}.dtype.newbyteorder('='))")
     return Problem(b, h, hk, nq, nkv, d, dtype, bool(causal), window, scale)
+
+
+def check_flag(name: str, value) -> bool:
+    """A True/False argument: a bool (or NumPy bool), never a truthy string or number."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_logits_fit(problem: Problem, q, k):
+    """NumPy inputs: every logit scale·q·k (and its base-2 form) must stay finite in float32, or the
+    softmax is NaN or a wrong 0. |scale|·max|q|·max|k|·D bounds them all; device inputs are not
+    scanned (a pass over memory), as with NaN."""
+    bound = (abs(problem.scale) * float(np.abs(q).max(initial=0)) * float(np.abs(k).max(initial=0))
+             * problem.head_dim * 1.4426950408889634)
+    if not bound < FLOAT32_MAX:
+        raise ValueError(
+            f"the logits scale·q·kᵀ may overflow float32 (|scale|·max|q|·max|k|·D·log2(e) = {bound:.3g} "
+            f"> {FLOAT32_MAX:.3g}): scale q or k down (or pass a smaller scale)")
 
 
 def attention(q, k, v, *, kernel="flash2", causal=False, window=None, scale=None,
@@ -115,6 +137,9 @@ def attention(q, k, v, *, kernel="flash2", causal=False, window=None, scale=None
                              f"(torch) or a contiguous copy")
         if kind == "numpy" and not np.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or inf; attention of non-finite inputs is undefined here")
+    check_flag("return_lse", return_lse)
+    if kind == "numpy":
+        check_logits_fit(problem, q, k)
     config = runner.check_config(rung, problem, config)
 
     from numba import cuda

@@ -1,0 +1,79 @@
+"""Inputs that once gave a silent wrong answer or a crash inside Numba: each is now a clear
+ValueError/TypeError before any launch, or a result that matches float64."""
+
+import numpy as np
+import pytest
+
+import workbench
+from workbench import Problem, reference
+
+
+def _qkv(seed=0, shape=(1, 2, 7, 8), dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return tuple(rng.standard_normal(shape).astype(dtype) for _ in range(3))
+
+
+@pytest.mark.parametrize("scale, error, words", [
+    (1e300, ValueError, "not representable in float32"),
+    (float("nan"), ValueError, "finite and nonzero"),
+    (float("inf"), ValueError, "finite and nonzero"),
+    (0.0, ValueError, "finite and nonzero"),
+    (1e-50, ValueError, "not representable in float32"),
+    (True, TypeError, "real number"),
+    ("x", TypeError, "real number"),
+])
+def test_bad_scale_is_refused(scale, error, words):
+    q, k, v = _qkv()
+    with pytest.raises(error, match=words):
+        workbench.attention(q, k, v, kernel="naive", scale=scale)
+    with pytest.raises(error, match=words):
+        Problem(seq_q=4, head_dim=8, scale=scale)
+
+
+def test_numpy_integer_scale_is_taken():
+    q, k, v = _qkv()
+    o = workbench.attention(q, k, v, kernel="naive", scale=np.int64(1))
+    ref, _ = reference.attention(q, k, v, scale=1.0)
+    assert np.allclose(o, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("factor, scale", [(1.0, 1e38), (1e19, None)])
+def test_logits_that_overflow_float32_are_refused(factor, scale):
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="overflow float32"):
+        workbench.attention(q * factor, k * factor, v, kernel="online", scale=scale)
+
+
+def test_large_but_finite_logits_still_run():
+    q, k, v = _qkv()
+    o = workbench.attention(q * 1e3, k, v, kernel="online")
+    ref, _ = reference.attention(q.astype(np.float64) * 1e3, k, v)
+    assert np.abs(o - ref).max() < 1e-3
+
+
+@pytest.mark.parametrize("name, value", [("return_lse", "no"), ("return_lse", 1), ("causal", "yes"),
+                                         ("causal", 0)])
+def test_flags_must_be_bools(name, value):
+    q, k, v = _qkv()
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        workbench.attention(q, k, v, kernel="naive", **{name: value})
+
+
+@pytest.mark.parametrize("which", ["q", "k", "v"])
+def test_big_endian_is_refused(which):
+    arrays = dict(zip("qkv", _qkv()))
+    arrays[which] = arrays[which].astype(">f4")
+    with pytest.raises(ValueError, match=f"{which} is big-endian"):
+        workbench.attention(arrays["q"], arrays["k"], arrays["v"], kernel="naive")
+
+
+@pytest.mark.parametrize("window", [(2**70, 0), (0, 2**63 - 1), (2**62, 2**62)])
+def test_huge_windows_equal_their_unbounded_sides(window):
+    """A window side wider than Nq + Nkv sees what -1 (unbounded) sees: exactly, no overflow."""
+    q, k, v = _qkv(shape=(1, 1, 9, 8))
+    o = workbench.attention(q, k, v, kernel="online", window=window)
+    unbounded = tuple(-1 if w > 1000 else w for w in window)
+    ref, _ = reference.attention(q, k, v, window=unbounded)
+    assert np.abs(o - ref).max() < 1e-5
+    assert Problem(seq_q=9, head_dim=8, window=window).mask_bounds() == \
+        Problem(seq_q=9, head_dim=8, window=unbounded).mask_bounds()
