@@ -145,7 +145,12 @@ def judge(name, got, ref, dtype):
     err = np.abs(got - ref)
     err = np.where(np.isnan(err), np.inf, err)
     norm = float(np.linalg.norm(ref))
-    rel = float(np.linalg.norm(err)) / norm if np.isfinite(err).all() and norm > 0 else float("inf")
+    if norm == 0:  # an exactly-zero gradient (N = 1: dS = P·(dP − D) = 0): judged absolutely, at
+        # the unit scale of standard-normal inputs (ours and SDPA's come to ~1e-7: D from 16-bit O)
+        max_abs = float(err.max()) if err.size else 0.0
+        fails = [] if max_abs <= rel_max else [f"{name}: reference is 0, max |g| {max_abs:.2e} > {rel_max:.0e}"]
+        return {"rel_fro": None, "max_abs": max_abs, "bad": 0, "zero_reference": True}, fails
+    rel = float(np.linalg.norm(err)) / norm if np.isfinite(err).all() else float("inf")
     rms = norm / np.sqrt(ref.size)
     bad = int((err > atol * rms + rtol * np.abs(ref)).sum())
     fails = []
@@ -158,7 +163,8 @@ def judge(name, got, ref, dtype):
 
 
 def sdpa_error(p, q, k, v, do, ref):
-    """SDPA flash's own gradients on the same inputs, judged by the same rule (square, H = Hkv)."""
+    """SDPA flash's own gradients on the same inputs, judged by the same rule (square, no window;
+    GQA by repeating K, V over the group and summing dK, dV back)."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -167,14 +173,19 @@ def sdpa_error(p, q, k, v, do, ref):
     def t(x):
         return torch.tensor(x.astype(np.float32), device="cuda").to(tdt).requires_grad_(True)
 
-    tq, tk, tv = t(q), t(k), t(v)
+    rep = p.group
+    tq, tk, tv = t(q), t(np.repeat(k, rep, axis=1)), t(np.repeat(v, rep, axis=1))
     tdo = torch.tensor(do.astype(np.float32), device="cuda").to(tdt)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=p.causal, scale=p.scale)
         grads = torch.autograd.grad(out, (tq, tk, tv), tdo)
     res = {}
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref):
-        res[name] = judge(name, g.float().cpu().numpy().astype(np.float64), r, p.dtype)[0]["rel_fro"]
+        g = g.float().cpu().numpy().astype(np.float64)
+        if name != "dq":
+            g = g.reshape(p.batch, p.kv_heads, rep, p.seq_kv, p.head_dim).sum(axis=2)
+        e = judge(name, g, r, p.dtype)[0]
+        res[name] = {"rel_fro": e["rel_fro"], "bad": e["bad"], "max_abs": e["max_abs"]}
     return res
 
 
@@ -206,11 +217,11 @@ def verify(p, seed, cfg=None):
                              for n, a, b in zip(("dq", "dk", "dv"), *runs)}
     if not (rec["repeat_bitwise"]["dk"] and rec["repeat_bitwise"]["dv"]):
         rec["failures"].append("dK or dV differ between two launches (they have no atomics)")
-    if p.seq_q == p.seq_kv and p.window is None and p.heads == p.kv_heads:
+    if p.seq_q == p.seq_kv and p.window is None:
         try:
-            rec["sdpa_flash_rel_fro"] = sdpa_error(p, q, k, v, do, ref)
+            rec["sdpa_flash"] = sdpa_error(p, q, k, v, do, ref)
         except Exception as exc:  # noqa: BLE001
-            rec["sdpa_flash_rel_fro"] = repr(exc)[:200]
+            rec["sdpa_flash"] = repr(exc)[:200]
     rec["passed"] = not rec["failures"]
     return rec
 
@@ -240,9 +251,9 @@ if VERIFY:
         except Exception:  # noqa: BLE001 - record and go on
             rec = {"problem": p.describe(), "passed": False, "error": traceback.format_exc()[-3000:]}
         RESULT["verify"].append(rec)
-        errs = " ".join(f"{n}:{e['rel_fro']:.1e}" for n, e in rec.get("errors", {}).items())
+        errs = " ".join(f"{n}:{e['rel_fro'] or e['max_abs']:.1e}" for n, e in rec.get("errors", {}).items())
         log("verify", p.describe(), "PASS" if rec["passed"] else "FAIL", errs,
-            "sdpa:", rec.get("sdpa_flash_rel_fro", "-"), "repeat:", rec.get("repeat_bitwise"),
+            "sdpa:", rec.get("sdpa_flash", "-"), "repeat:", rec.get("repeat_bitwise"),
             "; ".join(rec.get("failures", []))[:300], rec.get("error", "")[-800:])
         save()
 

@@ -15,7 +15,7 @@ FLOPs. flash2_bwd does them as FFMAs; here each is `mma.sync.m16n8k16` (flash2_m
 1. `bwd_prep`, the paper's preprocessing: D = rowsum(dO ∘ O) and LSE₂ = LSE·log2 e per query row
    (−inf, a row that sees no key, becomes +inf, so its P = 2^(S − ∞) = 0 with no test), rows
    padded to a whole number of query blocks (+inf, 0: the padding's P is 0 too); and the float32
-   dQ accumulator zeroed.
+   dQ accumulator zeroed. D comes from the 16-bit O, as FlashAttention takes it.
 2. `flash2_mma_bwd`, Algorithm 2's loop, KV blocks outer: a CTA owns K_j, V_j (Bc keys of one
    key/value head) and walks the query blocks Q_i, dO_i (Br rows) that see any of its keys, for
    every query head of the group (GQA: dK, dV come out summed over the group, in registers):
@@ -49,7 +49,7 @@ in whatever order the CTAs reach L2. dK and dV are still written once, by one th
 fixed order. `DETERMINISTIC = False` tells the harness not to demand bitwise-equal repeats.
 
 Pipelining: Q_{i+1}, dO_{i+1} (and their LSE₂, D) are copied by cp.async while the CTA computes
-dQ_i and adds it up; with two or three CTAs per SM, the others' maths covers the rest.
+dQ_i and adds it up; the other CTA on the SM (two at the defaults) covers the rest.
 
 Masks and skipping as flash2_bwd (the same `first_key`/`last_key` rule): the CTA of keys
 j0 … j_last visits only query rows i with i + shift − left ≤ j_last and i + shift + right ≥ j0 —
@@ -59,8 +59,12 @@ mask (their LSE₂ is +inf); keys past Nkv are zero-filled and masked on edge ti
 Resources: all shared memory static (≤ 48 KiB): K_j, Q_i, dO_i with rows padded to D + 8 16-bit
 elements (conflict-free ldmatrix), dSᵀ rows padded to Br + 8, and Br floats each of LSE₂ and D.
 At D = 128 a thread holds dK and dV (64 + 64 float32), V's fragments (32) and Sᵀ, dPᵀ (16 + 16):
-Br = 32, 4 warps and 2 CTAs per SM (FA2's CUDA code runs 8 warps per SM here too). Inputs float16,
-or bfloat16 as their uint16 bits; gradients in the input dtype.
+Br = 32, 4 warps and 2 CTAs per SM (FA2's CUDA code runs 8 warps per SM here too), and at 255
+registers ptxas keeps a few loop-invariant addresses and fragments in local memory (SPILL_BUDGET;
+the variants that avoid it loaded more or spilled more, PERF_NOTES.md). The 48 KiB of static
+shared memory is what keeps Bc at 64 (FA2 takes 128 keys a CTA at D = 128): each Q_i, dO_i is read
+and each dQ_i added once per 64 keys. Inputs float16, or bfloat16 as their uint16 bits; gradients
+in the input dtype.
 """
 
 import functools
@@ -70,13 +74,14 @@ import numpy as np
 from numba import config as numba_config
 from numba import cuda, float32, types, uint32
 
-from .common import first_key, last_key, load_f32, to_io, visible
+from .common import first_key, last_key, load_f32, to_io
 from .flash2_mma import MMA_CU, address_of
 
 LESSON = ("FA2 backward on the tensor cores: KV blocks outer, P recomputed from LSE in registers, "
           "dK and dV in registers, dQ added across CTAs with float32 atomics")
 # Br query rows per tile, Bc keys per CTA (a warp per 16), the warps per SM launch_bounds sizes the
-# registers for. At D > 64 tiles() caps Br at 32 (shared memory) and the warps at 8 (registers).
+# registers for (8: two CTAs of 4 warps, 255 registers). At D > 64 tiles() caps Br at 32 (shared
+# memory). Br = 32 with 12 warps per SM (168 registers) measured slower at D = 64 (PERF_NOTES.md).
 DEFAULT_CONFIG = {"Br": 64, "Bc": 64, "warps_per_sm": 8}
 SIM_CONFIG = {"Br": 32, "Bc": 32, "warps_per_sm": 8}  # (refused in the simulator: GPU_ONLY)
 HEAD_DIMS = (32, 64, 128)
@@ -85,8 +90,12 @@ GPU_ONLY = ("the simulator cannot link CUDA C++ (mma.cu); flash2_mma_bwd runs on
             "compile check runs with no GPU (pytest tests/test_mma_bwd_compile.py)")
 # dQ is summed with float atomics: two launches may differ in dQ's last bits (dK, dV may not).
 DETERMINISTIC = False
-PREP_ROWS = 8  # query rows per CTA of the preprocessing kernel (a warp each)
-CONVERT_THREADS = 256
+# Spill bytes the compile check tolerates for the main kernel at D = 128, default config (260
+# measured at 255 registers, in the dV/dK phase and loop-invariant reloads); D <= 64 has none.
+SPILL_BUDGET = 320
+PREP_WARPS, PREP_ROWS_PER_WARP = 8, 4  # the preprocessing kernel: 8 warps of 4 query rows a CTA
+PREP_ROWS = PREP_WARPS * PREP_ROWS_PER_WARP
+CONVERT_THREADS, CONVERT_ITEMS = 256, 8  # the dQ conversion: 8 elements a thread
 SM_SHARED, CTA_RESERVED = 228 * 1024, 1024
 
 FASTMATH = {"afn", "arcp", "contract"}  # as flash2: approximate exp2, infinities kept
@@ -159,36 +168,46 @@ def dq_grid(Br, Bc, D):
 @functools.cache
 def build_prep(D):
     """D = rowsum(dO ∘ O), LSE₂ (−inf → +inf; padding rows +inf, 0), dQ_acc rows zeroed: a warp per
-    query row."""
+    4 query rows, their loads all in flight before the first reduction (a CTA of 1 row a warp was
+    mostly CTA start-up: a memory-bound kernel needs bytes in flight)."""
 
     @cuda.jit(fastmath=FASTMATH)
     def bwd_prep(o, do, lse, lse2, delta, dq_acc):
+        acc = cuda.local.array(PREP_ROWS_PER_WARP, float32)
         t = cuda.threadIdx.x
         lane = t % 32
         heads = o.shape[1]
         bh = cuda.blockIdx.y
         b = bh // heads
         h = bh - b * heads
-        i = cuda.blockIdx.x * PREP_ROWS + t // 32
+        i0 = cuda.blockIdx.x * PREP_ROWS + (t // 32) * PREP_ROWS_PER_WARP
         n_q = o.shape[2]
-        acc = float32(0)
-        if i < n_q:
+        for r in range(PREP_ROWS_PER_WARP):
+            i = min(i0 + r, n_q - 1)  # padding rows read the last row (no branch), store nothing
+            acc[r] = float32(0)
             for d in range(lane, D, 32):
-                acc += load_f32(do[b, h, i, d]) * load_f32(o[b, h, i, d])
-                dq_acc[bh, i, d] = float32(0)
-        for off in (16, 8, 4, 2, 1):
-            acc += cuda.shfl_xor_sync(FULL, acc, off)
-        if lane == 0:
-            x = lse[b, h, i] if i < n_q else NEG_INF
-            lse2[bh, i] = x * LOG2E if x != NEG_INF else INF
-            delta[bh, i] = acc
+                acc[r] += load_f32(do[b, h, i, d]) * load_f32(o[b, h, i, d])
+        for r in range(PREP_ROWS_PER_WARP):
+            i = i0 + r
+            x = acc[r]
+            for off in (16, 8, 4, 2, 1):
+                x += cuda.shfl_xor_sync(FULL, x, off)
+            if i < n_q:
+                for d in range(lane, D, 32):
+                    dq_acc[bh, i, d] = float32(0)
+            if lane == 0:
+                y = lse[b, h, i] if i < n_q else NEG_INF
+                lse2[bh, i] = y * LOG2E if y != NEG_INF else INF
+                delta[bh, i] = x if i < n_q else float32(0)
 
     return bwd_prep
 
 
 @functools.cache
 def build_convert(D):
-    """dQ = scale · dQ_acc in the I/O dtype: a thread per element."""
+    """dQ = scale · dQ_acc in the I/O dtype: 8 elements a thread, each warp's on consecutive
+    addresses."""
+    CHUNK = CONVERT_THREADS * CONVERT_ITEMS
 
     @cuda.jit
     def bwd_dq_convert(dq_acc, dq, scale):
@@ -196,11 +215,13 @@ def build_convert(D):
         bh = cuda.blockIdx.y
         b = bh // heads
         h = bh - b * heads
-        idx = cuda.blockIdx.x * CONVERT_THREADS + cuda.threadIdx.x
-        i = idx // D
-        d = idx - i * D
-        if i < dq.shape[2]:
-            dq[b, h, i, d] = to_io(dq_acc[bh, i, d] * scale, dq)
+        n = dq.shape[2] * D
+        for e in range(CONVERT_ITEMS):
+            idx = cuda.blockIdx.x * CHUNK + e * CONVERT_THREADS + cuda.threadIdx.x
+            if idx < n:
+                i = idx // D
+                d = idx - i * D
+                dq[b, h, i, d] = to_io(dq_acc[bh, i, d] * scale, dq)
 
     return bwd_dq_convert
 
@@ -397,7 +418,8 @@ def build(Br, Bc, D, bf16, warps_per_sm=8):
                         row = i0 + 8 * nt + 2 * tq + e
                         for r in range(2):
                             key = key0 + 8 * r
-                            seen = (key < n_kv) & (first_key(row, shift, left) <= key) & (key <= last_key(row, shift, right))
+                            seen = ((key < n_kv) & (first_key(row, shift, left) <= key)
+                                    & (key <= last_key(row, shift, right)))
                             st[nt, 2 * r + e] = st[nt, 2 * r + e] if seen else float32(0)
             for nt in range(NQ):
                 for e in range(2):
@@ -447,7 +469,8 @@ def build(Br, Bc, D, bf16, warps_per_sm=8):
             for kq in range(Bc // 32):
                 for mt in range(QM):
                     for half in range(2):
-                        ldmatrix_t(address_of(qa[mt, half]), ds_at + uint32(2 * ((32 * kq + 16 * half) * SP + 16 * mt)))
+                        ldmatrix_t(address_of(qa[mt, half]),
+                                   ds_at + uint32(2 * ((32 * kq + 16 * half) * SP + 16 * mt)))
                 for nd in range(QN):
                     ldmatrix_t(address_of(kb), k_bt + uint32(2 * (32 * kq * DP + 8 * nd)))
                     for mt in range(QM):
@@ -476,7 +499,7 @@ def build(Br, Bc, D, bf16, warps_per_sm=8):
 
 
 def needs(problem, config):
-    from ..harness.runner import Needs
+    from .contract import Needs  # (harness.runner.Needs is this one)
 
     Br, Bc, warps = tiles(problem, config)
     D = problem.head_dim
@@ -516,10 +539,10 @@ def launch(problem, config, q, k, v, o, lse, do, dq, dk, dv, gpu):
     lse2 = gpu.empty((bh, n_qp), np.float32)
     delta = gpu.empty((bh, n_qp), np.float32)
     dq_acc = gpu.empty((bh, n_qp, D), np.float32)
-    gpu.launch(build_prep(D), (n_qp // PREP_ROWS, bh), 32 * PREP_ROWS, o, do, lse, lse2, delta, dq_acc)
+    gpu.launch(build_prep(D), (n_qp // PREP_ROWS, bh), 32 * PREP_WARPS, o, do, lse, lse2, delta, dq_acc)
     kernel = build(Br, Bc, D, p.dtype == "bfloat16", warps)
     gpu.launch(kernel, (-(-p.seq_kv // Bc), p.batch * p.kv_heads), 2 * Bc,
                q, k, v, do, lse2, delta, dq_acc, dk, dv, LOG2E * np.float32(p.scale),
                np.float32(p.scale), p.group, left, right)
-    gpu.launch(build_convert(D), (-(-p.seq_q * D // CONVERT_THREADS), bh), CONVERT_THREADS,
+    gpu.launch(build_convert(D), (-(-p.seq_q * D // (CONVERT_THREADS * CONVERT_ITEMS)), bh), CONVERT_THREADS,
                dq_acc, dq, np.float32(p.scale))
