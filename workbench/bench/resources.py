@@ -136,9 +136,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
-        print("workbench.bench.resources compiles for the real GPU target: unset NUMBA_ENABLE_CUDASIM "
-              "(or set it to 0) and run again.", file=sys.stderr)
-        return 2
+        from workbench import target
+
+        if "set by the user" in target.mode_reason():
+            print("workbench.bench.resources compiles for the real GPU target: unset NUMBA_ENABLE_CUDASIM "
+                  "(or set it to 0) and run again.", file=sys.stderr)
+            return 2
+        # `import workbench` chose the simulator (no GPU here), which this process can no longer
+        # leave: compile in a fresh one with the real target (sm_90 needs no GPU to compile for).
+        import subprocess
+
+        env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+        argv = sys.argv[1:] if argv is None else list(argv)
+        return subprocess.run([sys.executable, "-m", "workbench.bench.resources", *argv], env=env).returncode
     os.environ["NUMBA_ENABLE_CUDASIM"] = "0"  # compile for sm_90 even with no GPU here
     if args.sass and nvdisasm_path() is None:
         print("--sass needs nvdisasm, which is not installed here: pip install "
