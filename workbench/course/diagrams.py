@@ -344,3 +344,254 @@ def gqa_heads(heads=8, kv_heads=2):
                  f"query head h reads K, V of head h // {group}", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Rung 6: the fragments of mma.sync.m16n8k16 (workbench.course.fragments)
+# --------------------------------------------------------------------------------------------------
+def _lane_color(lane: int):
+    """32 lanes, 8 groups g of 4 threads t: a hue per group, a shade per thread."""
+    g, t = divmod(lane, 4)
+    base = plt.get_cmap("tab10")(g % 10)
+    shade = 0.55 + 0.15 * t
+    return tuple(min(1.0, c * shade + (1 - shade) * 0.95) for c in base[:3])
+
+
+def _fragment_panel(ax, kind, title, col0=0, show_text=True):
+    """One operand's layout: an image of lane colours (one artist) and, per cell, its lane and
+    register (text; no layout engine runs over them, which would be slow)."""
+    from workbench.course import fragments
+
+    grid, label = fragments.lane_grid(kind)
+    rows, cols = grid.shape
+    colours = np.array([[_lane_color(int(lane)) for lane in row] for row in grid])
+    ax.imshow(colours, extent=(col0, col0 + cols, rows, 0), interpolation="nearest", zorder=0)
+    for x in range(cols + 1):
+        ax.axvline(col0 + x, color="k", lw=0.3)
+    for y in range(rows + 1):
+        ax.axhline(y, xmin=0, xmax=1, color="k", lw=0.3)
+    if show_text:  # one text per register (its two 16-bit halves; C: a pair of values)
+        pairs = {"A": [(lane, f"a{r}", [fragments.a_coords(lane, r, h) for h in range(2)])
+                       for lane in range(32) for r in range(4)],
+                 "B": [(lane, f"b{r}", [fragments.b_coords(lane, r, h) for h in range(2)])
+                       for lane in range(32) for r in range(2)],
+                 "C": [(lane, f"c{2 * r},{2 * r + 1}", [fragments.c_coords(lane, 2 * r + h) for h in range(2)])
+                       for lane in range(32) for r in range(2)]}[kind]
+        for lane, name, cells in pairs:
+            y = sum(rc[0] for rc in cells) / 2 + 0.5
+            x = col0 + sum(rc[1] for rc in cells) / 2 + 0.5
+            ax.text(x, y, f"{lane}:{name}", ha="center", va="center", fontsize=5.5,
+                    rotation=90 if kind == "B" else 0)
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def mma_fragments():
+    """Which lane of the warp holds which element of A (16×16), B (16×8) and C (16×8) for
+    mma.sync.m16n8k16 (PTX's layouts; lane = 4g + t: a colour per group g, a shade per t). Each
+    cell: the lane, and the register (a0-a3, b0-b1) or value (c0-c3) that holds it."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 6.2), gridspec_kw={"width_ratios": [16, 8, 8]})
+    for ax, kind, rows, cols, title, xl, yl in (
+            (axes[0], "A", 16, 16, "A (16×16, 16-bit): 4 registers × 2 halves per lane", "k", "m (row)"),
+            (axes[1], "B", 16, 8, "B (16×8, 16-bit):\n2 registers × 2 halves", "n", "k"),
+            (axes[2], "C", 16, 8, "C = A·B + C (16×8, float32):\n4 values per lane", "n", "m (row)")):
+        _matrix_axes(ax, rows, cols, "", row_label=yl, col_label=xl)
+        _fragment_panel(ax, kind, title)
+    fig.suptitle("mma.sync.aligned.m16n8k16: one warp multiplies a 16×16 A by a 16×8 B; each of the 32 "
+                 "lanes holds fixed elements (cell: lane, register)", fontsize=10)
+    fig.subplots_adjust(left=0.05, right=0.98, top=0.86, bottom=0.08, wspace=0.25)
+    return fig
+
+
+def p_in_registers():
+    """S = Q Kᵀ comes out of two mma's as two C tiles (16 × 8 keys each); P for those 16 keys
+    goes into the next mma as one A tile (16 × 16). Same colour, same lane: every lane already
+    holds the P elements it must feed, so P never goes through shared memory."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6))
+    _matrix_axes(axes[0], 16, 16, "", col_label="key (two n-tiles of 8)", row_label="query row")
+    _fragment_panel(axes[0], "C", "", col0=0)
+    _fragment_panel(axes[0], "C", "S as two C tiles of mma #1 (keys 0-7 | keys 8-15)", col0=8)
+    axes[0].axvline(8, color="k", lw=2)
+    _matrix_axes(axes[1], 16, 16, "", col_label="key (k of mma #2)", row_label="query row")
+    _fragment_panel(axes[1], "A", "P as the A tile of mma #2 (O += P V)")
+    fig.suptitle("the P trick of rung 6: C of S and A of P put the same elements in the same lanes "
+                 "(only the registers change: c0,c1 → a0 …)", fontsize=10)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.86, bottom=0.1, wspace=0.2)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# The backward (notebook 08)
+# --------------------------------------------------------------------------------------------------
+def backward_schedule(n_q=32, n_kv=32, Br=8, Bc=8, causal=True):
+    """FA2's backward: a CTA per KV block (a colour each) walks the query blocks that see its keys
+    (numbers: the order), skipping the masked ones; dQ_i gathers a contribution from every KV
+    block in its row (right: how many, the adds of the atomics or the tiles of a second pass)."""
+    from workbench.reference import visible_mask
+
+    p = Problem(1, 1, 1, n_q, n_kv, 16, causal=causal)
+    vis = visible_mask(p)
+    tr, tc = math.ceil(n_q / Br), math.ceil(n_kv / Bc)
+    needed = np.array([[vis[i * Br:(i + 1) * Br, j * Bc:(j + 1) * Bc].any() for j in range(tc)] for i in range(tr)])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
+    order = {}
+    for j in range(tc):
+        steps = [i for i in range(tr) if needed[i, j]]
+        for n, i in enumerate(steps, 1):
+            order[(i, j)] = n
+    score_grid(axes[0], n_q, n_kv, Br, Bc, owner=lambda i, j: 2 * j if needed[i, j] else None,
+               label=lambda i, j: str(order[(i, j)]) if needed[i, j] else "",
+               title="dK_j, dV_j: a CTA per KV block (colour), KV outer;\n"
+                     "it walks the query blocks that see its keys (1, 2, …)", fontsize=9)
+    score_grid(axes[1], n_q, n_kv, Br, Bc, owner=lambda i, j: 2 * i + 1 if needed[i, j] else None,
+               label=lambda i, j: "+" if needed[i, j] else "",
+               title="dQ_i = Σ_j dS_ij K_j: every needed tile of row i adds to dQ_i\n"
+                     "(from tc different CTAs: atomics, or a second pass per Q block)", fontsize=9)
+    for i in range(tr):
+        axes[1].text(n_kv + 0.5, i * Br + Br / 2, f"{int(needed[i].sum())} adds", va="center", fontsize=8)
+    axes[1].set_xlim(0, n_kv + 7)
+    fig.suptitle(f"the backward's two loops over the same {tr}×{tc} tiles"
+                 f"{' (causal: blank tiles are skipped)' if causal else ''}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Inference (notebook 09)
+# --------------------------------------------------------------------------------------------------
+def paged_cache(block_table, seq_lens, block_size, num_blocks):
+    """A paged KV cache: each sequence's logical blocks (left, in order) live in physical blocks of
+    one pool (right) wherever the block table says; grey: free blocks."""
+    table = np.asarray(block_table)
+    lens = [int(n) for n in seq_lens]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.9 * max(len(lens), math.ceil(num_blocks / 16)) + 1.6),
+                             gridspec_kw={"width_ratios": [table.shape[1] + 2, min(num_blocks, 12) + 1]})
+    owner = {}
+    ax = axes[0]
+    for b, n in enumerate(lens):
+        used = -(-n // block_size)
+        for lb in range(used):
+            phys = int(table[b, lb])
+            owner[phys] = (b, lb)
+            fill = min(block_size, n - lb * block_size)
+            _box(ax, lb, b, 1, 0.8, CMAP(2 * b), f"→ {phys}\n{fill}/{block_size}", fontsize=7)
+        ax.text(-0.2, b + 0.4, f"seq {b}\n({n} tokens)", ha="right", va="center", fontsize=8)
+    ax.set_xlim(-1.6, table.shape[1])
+    ax.set_ylim(len(lens), -0.2)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title("each sequence's logical blocks, in order\n(→ physical block; tokens used)", fontsize=9)
+    ax = axes[1]
+    per_row = min(num_blocks, 12)
+    for phys in range(num_blocks):
+        r, c = divmod(phys, per_row)
+        if phys in owner:
+            b, lb = owner[phys]
+            _box(ax, c, r, 1, 0.8, CMAP(2 * b), f"{phys}\ns{b}:{lb}", fontsize=7)
+        else:
+            _box(ax, c, r, 1, 0.8, SKIPPED, f"{phys}\nfree", fontsize=7)
+    ax.set_xlim(0, per_row)
+    ax.set_ylim(math.ceil(num_blocks / per_row), -0.2)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(f"the pool: {num_blocks} physical blocks of {block_size} tokens\n"
+                 f"(label: physical id, then sequence:logical block)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def split_kv(n_kv, splits, sms=None):
+    """Flash-decoding: one query row's keys cut into `splits` runs, one CTA each, every CTA a
+    partial (O_s, LSE_s); a second kernel merges them by their LSE."""
+    bounds = np.linspace(0, n_kv, splits + 1).astype(int)
+    fig, ax = plt.subplots(figsize=(11, 2.8))
+    for s in range(splits):
+        a, b = bounds[s], bounds[s + 1]
+        _box(ax, a, 1.2, b - a, 0.8, CMAP(2 * s), f"CTA {s}\nkeys {a}…{b - 1}", fontsize=8)
+        ax.annotate("", xy=(n_kv / 2, 0.55), xytext=((a + b) / 2, 1.18),
+                    arrowprops=dict(arrowstyle="->", color="0.4", lw=0.8))
+        ax.text((a + b) / 2, 2.1, f"O_{s}, LSE_{s}", ha="center", fontsize=8)
+    _box(ax, n_kv * 0.3, 0.0, n_kv * 0.4, 0.5, "#eeeeee", "combine: m = max LSE_s, w_s = e^(LSE_s − m),\n"
+         "O = Σ w_s O_s / Σ w_s,  LSE = m + log Σ w_s", fontsize=8)
+    ax.set_xlim(0, n_kv)
+    ax.set_ylim(-0.1, 2.4)
+    ax.axis("off")
+    extra = f" (the GPU has {sms} SMs)" if sms else ""
+    ax.set_title(f"split-KV: one new token's {n_kv} keys over {splits} CTAs{extra}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Precision (notebook 10)
+# --------------------------------------------------------------------------------------------------
+FORMATS = (("float32", 1, 8, 23), ("float16", 1, 5, 10), ("bfloat16", 1, 8, 7), ("fp8 e4m3", 1, 4, 3))
+
+
+def float_formats():
+    """The bits of each format: sign, exponent (range), mantissa (precision)."""
+    fig, ax = plt.subplots(figsize=(11, 3.2))
+    for row, (name, s, e, m) in enumerate(FORMATS):
+        x = 0
+        for n, color, what in ((s, "#9e9ac8", "s"), (e, "#6baed6", "exponent"), (m, "#74c476", "mantissa")):
+            _box(ax, x, row, n, 0.8, color, f"{what} {n}" if n > 2 else what[0], fontsize=8)
+            x += n
+        ax.text(-0.5, row + 0.4, f"{name} ({s + e + m} bits)", ha="right", va="center", fontsize=9)
+    ax.set_xlim(-9, 33)
+    ax.set_ylim(len(FORMATS), -0.2)
+    ax.axis("off")
+    ax.set_title("exponent bits set the range, mantissa bits the precision (relative spacing 2^-mantissa)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def error_and_memory(rows):
+    """Bars: error against float64 (log scale) and bytes per element, for each format.
+    rows: [{"format", "error", "bytes"}]."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    names = [r["format"] for r in rows]
+    colors = [CMAP(2 * i) for i in range(len(rows))]
+    axes[0].bar(names, [r["error"] for r in rows], color=colors)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("relative Frobenius error\nof O against float64")
+    axes[0].grid(axis="y", alpha=0.3)
+    for i, r in enumerate(rows):
+        axes[0].text(i, r["error"], f"{r['error']:.1e}", ha="center", va="bottom", fontsize=8)
+    axes[1].bar(names, [r["bytes"] for r in rows], color=colors)
+    axes[1].set_ylabel("bytes per element")
+    for i, r in enumerate(rows):
+        axes[1].text(i, r["bytes"], f"{r['bytes']:.3g}", ha="center", va="bottom", fontsize=8)
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def measured(points, x, y, by="kernel", title="", xlabel=None, ylabel=None, logx=True, logy=True, hline=None):
+    """A line per `by` value of committed measurements: y against x (dicts, or keys of them)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    get = lambda p, key: key(p) if callable(key) else p.get(key)  # noqa: E731
+    groups = {}
+    for p in points:
+        if get(p, y) is not None:
+            groups.setdefault(get(p, by), []).append(p)
+    for i, (name, pts) in enumerate(groups.items()):
+        pts = sorted(pts, key=lambda p: get(p, x))
+        ax.plot([get(p, x) for p in pts], [get(p, y) for p in pts], "o-", color=CMAP(2 * i % 20), label=str(name))
+    if logx:
+        ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    if hline:
+        value, text = hline
+        ax.axhline(value, color="k", ls="-.", lw=0.8)
+        ax.annotate(text, (0.01, value), xycoords=("axes fraction", "data"), xytext=(0, 3),
+                    textcoords="offset points", fontsize=8)
+    ax.set_xlabel(xlabel or (x if isinstance(x, str) else ""))
+    ax.set_ylabel(ylabel or (y if isinstance(y, str) else ""))
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -2,7 +2,11 @@
 a GPU or loading the committed H100 data where there is none, and printing points as tables.
 
 The notebooks never copy kernel code: `show(obj)` prints a function, class or module of the package
-as it is on disk (with its file and line numbers), `diff(a, b)` the unified diff of two of them.
+as it is on disk (with its file and line numbers), `diff(a, b)` the unified diff of two of them,
+`skeleton(obj, patterns)` an outline, `kernels_of(rung, problem)` the kernels a rung launches (from
+its launch plan), `show_file(path, functions)` C functions of a file such as kernels/mma.cu. Every
+`### BEGIN SOLUTION` … `### END SOLUTION` region (what an assignment, or a notebook's "your turn",
+asks the learner to write) is elided to one comment line wherever source is shown.
 
 Measurements follow one rule: on a GPU (`simulator()` is False) a notebook measures live, with
 `measure(...)` (the harness's verify-then-time `compare.run_point`), and `record(...)` saves what it
@@ -21,6 +25,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import re
 import os
 import shutil
 import sys
@@ -90,8 +95,38 @@ def _unwrap(obj):
     return inspect.unwrap(obj) if callable(obj) else obj  # functools.cache wrappers -> the function
 
 
-def source(obj) -> str:
-    return inspect.getsource(_unwrap(obj))
+_BEGIN = re.compile(r"^(\s*)### BEGIN SOLUTION(?:\s+(\S+))?\s*$")
+_END = re.compile(r"^\s*### END SOLUTION\s*$")
+
+
+def _numbered_elided(lines: list[str], start: int):
+    """(file line number, text) of each line to show: every `### BEGIN SOLUTION` … `### END
+    SOLUTION` region (what an assignment or a notebook's "your turn" asks the learner to write)
+    becomes one comment, numbered as its BEGIN line."""
+    region = None  # (line number, indent, tag, body lines)
+    for n, line in enumerate(lines, start):
+        if region is None and (m := _BEGIN.match(line)):
+            region = [n, m.group(1), m.group(2), 0]
+        elif region is not None and _END.match(line):
+            at, indent, tag, body = region
+            what = f"assignment `{tag}`" if tag else "its assignment and a notebook's \"your turn\""
+            yield at, f"{indent}# ✂ {body} lines elided: the solution ({what})\n"
+            region = None
+        elif region is not None:
+            region[3] += 1
+        else:
+            yield n, line
+
+
+def elide_solutions(lines: list[str]) -> list[str]:
+    """Lines of source with each solution region replaced by one comment."""
+    return [text for _, text in _numbered_elided(lines, 1)]
+
+
+def source(obj, *, solutions: bool = False) -> str:
+    """The source of a package object, its solution regions elided unless `solutions`."""
+    lines = inspect.getsourcelines(_unwrap(obj))[0]
+    return "".join(lines if solutions else elide_solutions(lines))
 
 
 def _where(obj) -> str:
@@ -108,15 +143,48 @@ def _where(obj) -> str:
 
 def show(obj, *, numbers: bool = True):
     """Print the source of a package function, class, module or kernel as it is on disk, headed by
-    its file and line numbers."""
+    its file and line numbers; solution regions (`### BEGIN SOLUTION` … `### END SOLUTION`) are
+    elided to one line each (the numbers stay the file's)."""
     obj = _unwrap(obj)
     lines, start = inspect.getsourcelines(obj)
-    start = max(start, 1)
     print(f"# {_where(obj)}")
-    for n, line in enumerate(lines, start):
-        print(f"{n:4d}  {line}" if numbers else line, end="")
-    if lines and not lines[-1].endswith("\n"):
+    text = ""
+    for n, text in _numbered_elided(lines, max(start, 1)):
+        print(f"{n:4d}  {text}" if numbers else text, end="")
+    if text and not text.endswith("\n"):
         print()
+
+
+def show_file(path, functions=None, *, header_lines: int = 0):
+    """Print a text file of the package (e.g. workbench/kernels/mma.cu) with line numbers: its
+    first `header_lines` lines, then each named C function (`extern "C"` … up to its closing
+    brace, with the comment lines just above it); the whole file when `functions` is None."""
+    path = Path(path)
+    if not path.is_absolute():
+        path = repo_root() / path
+    lines = path.read_text().splitlines()
+    try:
+        shown = path.resolve().relative_to(repo_root())
+    except ValueError:
+        shown = path
+    print(f"# {shown}")
+    if functions is None:
+        spans = [(0, len(lines))]
+    else:
+        spans = [(0, header_lines)] if header_lines else []
+        for name in functions:
+            start = next((i for i, line in enumerate(lines) if re.search(rf"\b{re.escape(name)}\s*\(", line)), None)
+            if start is None:
+                raise ValueError(f"{path.name} has no function {name!r}")
+            while start > 0 and lines[start - 1].startswith("//"):
+                start -= 1
+            end = next(i for i in range(start, len(lines)) if lines[i].startswith("}")) + 1
+            spans.append((start, end))
+    for k, (a, b) in enumerate(spans):
+        if k:
+            print("     …")
+        for n in range(a, b):
+            print(f"{n + 1:4d}  {lines[n]}")
 
 
 def diff(a, b, *, context: int = 2, name_a: str | None = None, name_b: str | None = None) -> str:
@@ -134,8 +202,6 @@ def diff(a, b, *, context: int = 2, name_a: str | None = None, name_b: str | Non
 def skeleton(obj, keep) -> str:
     """The lines of obj's source that match any of the regular expressions in `keep` (loops,
     barriers, loads and stores: a kernel's outline), indentation kept."""
-    import re
-
     pats = [re.compile(k) for k in keep]
     lines = source(obj).splitlines()
     return "\n".join(line for line in lines if any(p.search(line) for p in pats)) + "\n"
@@ -159,6 +225,17 @@ def kernel_function(dispatcher):
     return _unwrap(dispatcher)
 
 
+def kernels_of(name: str, problem, config: dict | None = None) -> list:
+    """The kernels rung `name` launches on `problem` (from its launch plan: nothing is compiled or
+    run), as the Python functions they were made from: what `show`, `diff` and `skeleton` print.
+    `config` defaults to the mode's tiles (tiny in the simulator)."""
+    from workbench.harness import runner
+    from workbench.kernels import get
+
+    rung = get(name)
+    return [kernel_function(launch.kernel) for launch in runner.plan(rung, problem, runner.merged_config(rung, config))]
+
+
 # --------------------------------------------------------------------------------------------------
 # Data: committed (H100) or live
 # --------------------------------------------------------------------------------------------------
@@ -175,10 +252,16 @@ def committed(name: str, device_slug: str = "h100") -> dict | None:
 
 
 def source_line(data: dict) -> str:
-    """Where committed numbers come from: device, date, command and file."""
+    """Where committed numbers come from: device, date, command and file (and the runs that
+    updated some of its points, each with its date and command)."""
     prov = data.get("provenance", {})
-    return (f"committed measurements (no GPU here): {prov.get('device', '?')}, {prov.get('date', '?')[:10]}, "
+    line = (f"committed measurements (no GPU here): {prov.get('device', '?')}, {prov.get('date', '?')[:10]}, "
             f"`{prov.get('command', '?')}` — {data.get('path', '')}")
+    for up in data.get("updates") or []:
+        p = up.get("provenance", {})
+        line += (f"\n  {len(up.get('points', []))} points re-measured {p.get('date', '?')[:10]} on "
+                 f"{p.get('device', '?')}: `{p.get('command', '?')}`")
+    return line
 
 
 def select(points, **where) -> list:
