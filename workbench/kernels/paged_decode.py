@@ -9,9 +9,10 @@ so that the GPU actually reaches that floor.
 The algorithm (flash-decoding, as FlashAttention's `flash_attn_with_kvcache`):
 1. Split the keys. With Nq = 1 there are only B·Hkv (key/value head) problems, often fewer than
    the SMs. CTA (row block, s, b·Hkv + hk) takes the keys [s·L, (s+1)·L) of its sequence and
-   writes a normalised partial O_s with its LSE_s. The number of splits is chosen so that about
-   `ctas_per_sm` CTAs per SM run (the SM count is read from the device); a split gets at least
-   `split_keys` keys. With one split the kernel writes O itself and no combine runs.
+   writes a normalised partial O_s with its LSE_s. The number of splits is chosen so that every
+   SM gets as many CTAs as its registers hold (`ctas_per_sm`; the SM count is read from the
+   device), a split at least `split_keys` keys. With one split the kernel writes O itself and no
+   combine runs.
 2. Combine the splits by their LSE (the online-softmax merge, once over splits):
        m = max_s LSE_s,   w_s = exp(LSE_s − m),   O = Σ w_s O_s / Σ w_s,   LSE = m + log Σ w_s
    One CTA per query row; the weights are computed once into shared memory.
@@ -46,7 +47,10 @@ Tricks, named:
   with one `ld.v4.u32` (LDG.E.128) and the halves are unpacked in registers (fp16 by the
   hardware's conversion, bf16 by a shift, float32 as is).
 - Many loads in flight: U keys × (K + V) per lane group are issued before any is used, and
-  launch bounds cap registers so that `ctas_per_sm` CTAs fit an SM.
+  launch bounds cap registers so that the planned CTAs per SM fit (MIN_BLOCKS, by rows: each row
+  costs a lane 16 registers of Q and O).
+- Integer bookkeeping kept 32-bit (int32 local arrays; Numba's own integers are 64-bit), and
+  unsigned indices where the compiler would otherwise add negative-index wrap-around.
 - The block table off the critical path: each lane group's next physical blocks are read during
   the current step (prefetch), and logical block and offset advance by additions, not divisions.
 - Conditional rescaling: O and l are rescaled only when a row's running max grows (exact; once
@@ -55,8 +59,8 @@ Tricks, named:
 - No combine when one split suffices; a one-CTA-per-row combine with the weights in shared memory
   and the sum over splits unrolled, so it is a few microseconds.
 
-Config keys: Br (rows per CTA, at most), threads (T, a multiple of 32), unroll (U), ctas_per_sm,
-split_keys (the fewest keys a split takes). Head dims: every multiple of 8 up to 256; dtypes
+Config keys: Br (rows per CTA, at most), threads (T, a multiple of 32), unroll (U), split_keys
+(the fewest keys a split takes). Head dims: every multiple of 8 up to 256; dtypes
 float16, bfloat16 (as uint16 bits) and float32. The cache must be 16-byte aligned (allocations
 are). Workspace: the float32 partial O and LSE of every split (none with one split).
 """
@@ -73,8 +77,8 @@ from .warp import FULL_MASK, segment_max, segment_sum
 
 LESSON = ("flash-decoding at HBM speed: splits sized to the GPU, 16-byte row loads through a "
           "prefetched block table, one LSE merge per split")
-DEFAULT_CONFIG = {"Br": 4, "threads": 128, "unroll": 2, "split_keys": 64}
-SIM_CONFIG = {"threads": 32, "split_keys": 8}
+DEFAULT_CONFIG = {"Br": 4, "threads": 128, "unroll": 3, "split_keys": 64}
+SIM_CONFIG = {"threads": 32, "unroll": 2, "split_keys": 8}
 HEAD_DIMS = tuple(range(8, 257, 8))
 DTYPES = ("float32", "float16", "bfloat16")
 CHUNK = 16  # bytes a lane reads at once
@@ -82,7 +86,7 @@ MAX_SPLITS = 128  # the combine holds one split per thread
 COMBINE_THREADS = 128
 FALLBACK_SMS = 132  # H100/H200, when there is no device to ask
 # CTAs of 128 threads per SM the registers are capped for (launch bounds), by rows per CTA: each
-# row costs a lane 2·8 registers (its Q and O elements); sm_90, no spills at unroll 2.
+# row costs a lane 2·8 registers (its Q and O elements); sm_90, no spills at unroll 3.
 MIN_BLOCKS = {1: 5, 2: 4, 3: 3, 4: 3}
 
 FASTMATH = {"afn", "arcp", "contract"}  # approximate exp2/log2/division; infinities kept
@@ -241,23 +245,38 @@ def sm_count() -> int:
         return FALLBACK_SMS
 
 
-def ctas_per_sm(Br, T) -> int:
-    """CTAs per SM that the registers are capped for (MIN_BLOCKS, scaled to T threads)."""
-    return max(1, MIN_BLOCKS[min(Br, 4)] * 128 // T)
+def ctas_per_sm(Br, T, D, dtype) -> int:
+    """CTAs per SM that the registers are capped for: MIN_BLOCKS by rows, one fewer when a lane
+    reads two chunks of a row (float32 rows over 128 elements: twice the K/V registers), scaled
+    to T threads."""
+    _, _, cpl, _ = lane_layout(D, itemsize(dtype))
+    return max(1, (MIN_BLOCKS[min(Br, 4)] - (cpl - 1)) * 128 // T)
 
 
 def split_plan(problem, config):
-    """(splits, keys per split L): enough CTAs to fill every SM (ctas_per_sm each), each split
-    at least split_keys keys and a whole number of steps, at most MAX_SPLITS splits."""
+    """(splits, keys per split L). CTAs run in waves of SMs × ctas_per_sm; a last wave that is
+    only partly full leaves SMs idle (and a straggling CTA reads alone, far below the bandwidth),
+    so the plan maximises the wave efficiency w / ceil(w) of w = CTAs / slots, taking the fewest
+    splits within 5 % of the best (fewer partials to combine). A split is a whole number of
+    steps, at least split_keys keys, and there are at most MAX_SPLITS."""
     Br, blocks = row_blocks(problem, config)
     base = problem.batch * problem.kv_heads * blocks
-    n = problem.max_seq
-    want = -(-sm_count() * ctas_per_sm(Br, config["threads"]) // base)
-    splits = max(1, min(want, n // config["split_keys"], MAX_SPLITS))
-    step = step_keys(problem, config)
-    per = -(-n // splits)
-    per = -(-per // step) * step
-    return -(-n // per), per
+    slots = sm_count() * ctas_per_sm(Br, config["threads"], problem.head_dim, problem.dtype)
+    return _splits(base, slots, problem.max_seq, step_keys(problem, config), config["split_keys"])
+
+
+@functools.lru_cache(maxsize=4096)
+def _splits(base, slots, n, step, split_keys):
+    """split_plan's search (cached: it runs on every call, on the host)."""
+    plans = {}
+    for want in range(1, max(1, min(MAX_SPLITS, n // split_keys)) + 1):
+        per = -(-(-(-n // want)) // step) * step
+        splits = -(-n // per)
+        waves = base * splits / slots
+        plans[splits] = (waves / math.ceil(waves), per)
+    best = max(eff for eff, _ in plans.values())
+    splits = min(s for s, (eff, _) in plans.items() if eff >= 0.95 * best)
+    return splits, plans[splits][1]
 
 
 # --- the split kernel -----------------------------------------------------------------------------
@@ -275,7 +294,8 @@ def build(Br, D, dtype, T, U):
     HALVES = dtype != "float32"  # two elements per word
     BF16 = dtype == "bfloat16"
 
-    options = {} if numba_config.ENABLE_CUDASIM else {"launch_bounds": (T, ctas_per_sm(Br, T))}
+    blocks_per_sm = ctas_per_sm(Br, T, D, dtype)
+    options = {} if numba_config.ENABLE_CUDASIM else {"launch_bounds": (T, blocks_per_sm)}
 
     @cuda.jit(fastmath=FASTMATH, **options)
     def paged_decode_split(q, k_words, v_words, block_table, seq_lens, o, lse, o_part, lse_part,
@@ -291,15 +311,13 @@ def build(Br, D, dtype, T, U):
         kw = cuda.local.array((U, WORDS), uint32)  # this step's K and V chunks
         vw = cuda.local.array((U, WORDS), uint32)
         # Key bookkeeping in int32 arrays, so the compiler keeps it 32-bit (Numba's integers are
-        # 64-bit): per key u of a step, its offset from the step's first key, the physical block
-        # and word offset (in the block) of this step's key, and the next step's physical block
-        # (prefetched), logical block (unsigned: no negative-index wrap-around code) and offset.
+        # 64-bit): per key u of a step, its offset from the step's first key, and where it is:
+        # physical block (read a step ahead), logical block (unsigned: no negative-index
+        # wrap-around code) and offset in the block.
         ahead = cuda.local.array(U, int32)
         blk = cuda.local.array(U, int32)
-        at_words = cuda.local.array(U, int32)
-        nxt_blk = cuda.local.array(U, int32)
-        nxt_lb = cuda.local.array(U, uint32)
-        nxt_at = cuda.local.array(U, int32)
+        lb = cuda.local.array(U, uint32)
+        at = cuda.local.array(U, int32)
 
         t = cuda.threadIdx.x
         warp = t // 32
@@ -313,24 +331,27 @@ def build(Br, D, dtype, T, U):
         b = cuda.blockIdx.z // kv_heads
         hk = cuda.blockIdx.z - b * kv_heads
         heads = q.shape[1]
-        n_q = q.shape[2]
+        n_q = int32(q.shape[2])
         group = heads // kv_heads
         rows = group * n_q
         n_kv = seq_lens[b]
-        shift = n_kv - n_q
 
-        # Keys some row of the CTA sees ([lo, hi), clipped to the split), and keys all rows see.
+        # Key positions as int32 (registers: Numba's int64 takes two). Row i (token i) sees the
+        # keys i + first .. i + last; the CTA's rows see [lo, hi) of this split, all of them
+        # [all_lo, all_hi).
+        first = int32(n_kv - n_q - left)
+        last = int32(n_kv - n_q + right)
         i_min = n_q
-        i_max = -1
+        i_max = int32(-1)
         for r in range(Br):
             if row0 + r < rows:
                 i = (row0 + r) % n_q
                 i_min = min(i_min, i)
                 i_max = max(i_max, i)
-        lo = max(split * split_len, i_min + shift - left, 0)
-        hi = min((split + 1) * split_len, i_max + shift + right + 1, n_kv)
-        all_lo = i_max + shift - left
-        all_hi = min(i_min + shift + right + 1, hi)
+        lo = int32(max(split * split_len, i_min + first, 0))
+        hi = int32(min((split + 1) * split_len, i_max + last + 1, n_kv))
+        all_lo = int32(i_max + first)
+        all_hi = int32(min(i_min + last + 1, hi))
 
         # My elements of the query rows, times scale·log2 e (so S comes out in base 2).
         for r in range(Br):
@@ -358,32 +379,19 @@ def build(Br, D, dtype, T, U):
         for u in range(U):
             ahead[u] = mine + u * STRIDE
             key = lo + ahead[u]
-            nxt_lb[u] = key // bs
-            nxt_at[u] = key - nxt_lb[u] * bs
-            nxt_blk[u] = 0
+            lb[u] = key // bs
+            at[u] = key - lb[u] * bs
+            blk[u] = 0
             if key < hi:
-                nxt_blk[u] = table_row[nxt_lb[u]]
+                blk[u] = table_row[lb[u]]
 
         j0 = lo
         while j0 < hi:
             todo = int32(hi - j0)  # keys left from this step's first; then from the next step's
             todo_next = int32(todo - STEP)
-            # This step's blocks were read last step; read the next step's now (the block table
-            # read overlaps this step's K/V reads instead of preceding them).
-            for u in range(U):
-                blk[u] = nxt_blk[u]
-                at_words[u] = nxt_at[u] * RW + head_words
-                nxt_at[u] += step_at
-                nxt_lb[u] += step_blocks
-                if nxt_at[u] >= bs32:
-                    nxt_at[u] -= bs32
-                    nxt_lb[u] += 1
-                if ahead[u] < todo_next:
-                    nxt_blk[u] = table_row[nxt_lb[u]]
-
             # Issue every K and V load of the step before using any (zeros past the keys).
             for u in range(U):
-                words = blk[u] * block_words + at_words[u]
+                words = blk[u] * block_words + (at[u] * RW + head_words)
                 for cc in range(CPL):
                     k4 = (uint32(0), uint32(0), uint32(0), uint32(0))
                     v4 = (uint32(0), uint32(0), uint32(0), uint32(0))
@@ -393,6 +401,17 @@ def build(Br, D, dtype, T, U):
                     for w in range(4):
                         kw[u, cc * 4 + w] = k4[w]
                         vw[u, cc * 4 + w] = v4[w]
+
+            # Walk to the next step's keys and read their physical blocks now: the block-table
+            # read overlaps this step's K/V reads instead of preceding the next step's.
+            for u in range(U):
+                at[u] += step_at
+                lb[u] += step_blocks
+                if at[u] >= bs32:
+                    at[u] -= bs32
+                    lb[u] += 1
+                if ahead[u] < todo_next:
+                    blk[u] = table_row[lb[u]]
 
             # S = Q·K: my partial dot products, summed over the lane group (a butterfly).
             for u in range(U):
@@ -417,7 +436,7 @@ def build(Br, D, dtype, T, U):
                     key = j0 + ahead[u]
                     for r in range(Br):
                         i = (row0 + r) % n_q
-                        if key >= hi or key < i + shift - left or key > i + shift + right:
+                        if key >= hi or key < i + first or key > i + last:
                             s[u, r] = NEG_INF
 
             # Online softmax per row: O and l rescaled only when the max grows; P in place of S.
@@ -449,7 +468,7 @@ def build(Br, D, dtype, T, U):
                         x0 = f32_of(vw[u, w])
                         for r in range(Br):
                             acc[r, w] += s[u, r] * x0
-            j0 += STEP
+            j0 = int32(j0 + STEP)
 
         # Merge the lane groups of my warp by LSE (a butterfly over lanes LK, 2·LK, ... apart).
         dist = LK

@@ -1,0 +1,444 @@
+"""The paged decode rung on the GPU (issue 16): correctness against float64, and one decode step's
+time and cache-read bandwidth beside torch SDPA flash and the device's copy rate.
+
+    python3 scripts/gpu_decode.py OUT_DIR [--quick] [--sweep]     (on a CUDA GPU with torch)
+
+1. Copy rate: a ~2 GB torch device-to-device copy, (bytes read + written) / time, median of 10.
+2. Checks: `workbench/kernels/paged_decode.py` against a float64 reference of the same inputs
+   (gathered through the block table on the GPU) for odd contexts, B up to 64, GQA/MQA, causal
+   with Nq > 1, windows, rows that see no key, block sizes 16/64/256, shuffled physical blocks,
+   NaN in every cache slot and table entry no sequence owns, D = 64/128/256 and odd multiples of 8,
+   float16/bfloat16/float32; outputs NaN-poisoned, two launches bitwise equal; the project's
+   tolerance rule (workbench.harness.verify).
+3. Timing of one decode step (H = 32, D = 128, float16, Nq = 1, every sequence the same length,
+   shuffled 64-token blocks), B in {1, 8, 64}, Hkv in {32, 8}, contexts 512..131072 (those whose
+   two caches, paged and contiguous, fit in memory):
+   - `kernel`: CUDA events around the rung's launches with the GPU kept busy beforehand
+     (torch.cuda._sleep), so the host's launch cost is hidden: the device time of the kernels;
+   - `launch`: the same events with an idle GPU (the host's launch cost shows when it is longer);
+   - `call`: events around a whole call: torch arrays in, Numba views, the plan, torch-allocated
+     outputs and workspace, both launches;
+   - SDPA flash (`kernel` as above, and `call`) on the contiguous cache; for GQA the group's heads
+     are SDPA's query rows (q viewed as (B, Hkv, G, D)), so it too reads each K/V byte once;
+   L2 flushed (a 256 MB write) before every repetition; medians. Cache-read GB/s is
+   2·B·Hkv·ctx·D·2 bytes over the kernel time.
+4. With --sweep: unroll and threads at a few shapes (what DEFAULT_CONFIG was chosen from).
+
+Calls the rung's launch() directly with a launcher of its own (empty -> torch/Numba arrays,
+launch -> kernel[grid, block](*args)), building the problem as workbench's decode API does
+(DecodeProblem). Writes OUT_DIR/decode-bandwidth.json (provenance: device, driver, versions, date,
+command) and prints a short table last. Exit status 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0")
+os.environ.setdefault("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "0")  # no stream sync per as_cuda_array
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from numba import cuda  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+try:
+    from workbench.api.inference import DecodeProblem  # noqa: E402
+except ImportError:  # the package's layout moves; the problem class is what matters
+    from workbench.decode import DecodeProblem  # noqa: E402
+from workbench.harness import verify  # noqa: E402
+from workbench.kernels import paged_decode as rung  # noqa: E402
+
+DEV = torch.device("cuda")
+TORCH_DTYPE = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+# --------------------------------------------------------------------------------------------------
+# Launching the rung on torch tensors
+# --------------------------------------------------------------------------------------------------
+def numba_view(t):
+    """A Numba device array over a torch tensor (bfloat16 as its uint16 bits)."""
+    if t.dtype == torch.bfloat16:
+        return cuda.as_cuda_array(t.view(torch.int16)).view(np.uint16)
+    return cuda.as_cuda_array(t)
+
+
+class TorchLauncher:
+    """empty -> torch's caching allocator (viewed by Numba); launch -> kernel[grid, block](*args).
+    With keep=True the workspace is allocated once and reused (timing the kernels, not malloc)."""
+
+    def __init__(self, keep=False):
+        self.keep, self.pool, self.next = keep, [], 0
+
+    def empty(self, shape, dtype):
+        if self.keep and self.next < len(self.pool):
+            arr = self.pool[self.next]
+        else:
+            t = torch.empty(tuple(shape), dtype=getattr(torch, np.dtype(dtype).name), device=DEV)
+            arr = (t, cuda.as_cuda_array(t))
+            if self.keep:
+                self.pool.append(arr)
+        self.next += 1
+        return arr[1]
+
+    def launch(self, kernel, grid, block, *args):
+        kernel[grid, block](*args)
+
+
+def problem_of(q, k_cache, table, lens_list, causal=True, window=None):
+    b, h, nq, d = q.shape
+    nb, hkv, bs, _ = k_cache.shape
+    name = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}[q.dtype]
+    return DecodeProblem(b, h, hkv, nq, d, bs, nb, table.shape[1], tuple(lens_list), name, causal,
+                         window)
+
+
+def decode_call(q, k_cache, v_cache, table, lens, lens_list, config, causal=True, window=None):
+    """One whole call as an API would make it (minus validation): outputs from torch, launches."""
+    p = problem_of(q, k_cache, table, lens_list, causal, window)
+    o = torch.empty_like(q)
+    lse = torch.empty(p.lse_shape, dtype=torch.float32, device=DEV)
+    rung.launch(p, config, *(numba_view(x) for x in (q, k_cache, v_cache, table, lens)),
+                numba_view(o), numba_view(lse), TorchLauncher())
+    return o, lse
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs: a paged cache of shuffled blocks, and the float64 truth
+# --------------------------------------------------------------------------------------------------
+def paged_cache(k, v, lens, block_size, gen, spare=3, extra_table=1, poison=float("nan")):
+    """(k_cache, v_cache, table) holding k, v (B, Hkv, N, D) of lengths lens in shuffled physical
+    blocks; every slot and table entry no sequence owns is poison / an invalid id."""
+    b, hkv, _, d = k.shape
+    need = [-(-n // block_size) for n in lens]
+    nb = sum(need) + spare
+    order = torch.randperm(nb, generator=gen, device="cpu").to(DEV)
+    kc = torch.full((nb, hkv, block_size, d), poison, dtype=k.dtype, device=DEV)
+    vc = torch.full_like(kc, poison)
+    table = torch.full((b, max(need) + extra_table), nb + 7, dtype=torch.int32, device=DEV)
+    start = 0
+    for i, n in enumerate(lens):
+        ids = order[start:start + need[i]]
+        start += need[i]
+        table[i, :need[i]] = ids.to(torch.int32)
+        full, rest = divmod(n, block_size)
+        if full:
+            kc[ids[:full]] = k[i, :, :full * block_size].reshape(hkv, full, block_size, d).transpose(0, 1)
+            vc[ids[:full]] = v[i, :, :full * block_size].reshape(hkv, full, block_size, d).transpose(0, 1)
+        if rest:
+            kc[ids[full], :, :rest] = k[i, :, full * block_size:n]
+            vc[ids[full], :, :rest] = v[i, :, full * block_size:n]
+    return kc, vc, table
+
+
+def reference(q, kc, vc, table, lens, causal, window, scale):
+    """Float64 O and LSE (natural log), gathering each sequence's keys through the table."""
+    b_, h, nq, d = q.shape
+    hkv, bs = kc.shape[1], kc.shape[2]
+    g = h // hkv
+    far = nq + max(lens)
+    left, right = window if window is not None else (-1, -1)
+    if causal:
+        right = 0
+    left, right = (far if left < 0 else left), (far if right < 0 else right)
+    o = torch.zeros(q.shape, dtype=torch.float64, device=DEV)
+    lse = torch.full((b_, h, nq), -math.inf, dtype=torch.float64, device=DEV)
+    for b, n in enumerate(lens):
+        j = torch.arange(n, device=DEV)
+        blocks = table[b, j // bs].long()
+        k = kc[blocks, :, j % bs].double().transpose(0, 1)  # (Hkv, n, D)
+        v = vc[blocks, :, j % bs].double().transpose(0, 1)
+        qb = q[b].double().reshape(hkv, g, nq, d)
+        s = torch.einsum("kgid,knd->kgin", qb, k) * scale
+        pos = torch.arange(nq, device=DEV) + n - nq
+        seen = (j[None] >= pos[:, None] - left) & (j[None] <= pos[:, None] + right)  # (nq, n)
+        s = s.masked_fill(~seen, -math.inf)
+        row_lse = torch.logsumexp(s, -1)
+        p = torch.exp(s - row_lse[..., None]).nan_to_num(0.0)
+        o[b] = torch.einsum("kgin,knd->kgid", p, v).reshape(h, nq, d)
+        lse[b] = row_lse.reshape(h, nq)
+    return o, lse
+
+
+CHECKS = [  # (B, H, Hkv, Nq, D, block, lens (None: random odd), dtype, causal, window)
+    (64, 32, 8, 1, 128, 16, None, "float16", True, None),  # B = 64, GQA, random odd lengths
+    (4, 32, 1, 1, 128, 64, (4097, 1, 777, 2049), "bfloat16", True, None),  # MQA
+    (2, 16, 4, 4, 64, 256, (1000, 517), "float16", True, None),  # speculative: 4 new tokens
+    (3, 8, 8, 1, 256, 64, (3001, 70, 1500), "float16", True, (300, 0)),  # D = 256, sliding window
+    (2, 12, 4, 2, 40, 16, (333, 1234), "bfloat16", True, None),  # D = 40
+    (5, 8, 2, 1, 72, 64, (99, 1, 4095, 2047, 513), "float16", True, None),  # D = 72
+    (2, 4, 4, 3, 200, 16, (640, 129), "float16", False, (64, 64)),  # D = 200, window both ways
+    (8, 32, 8, 1, 128, 256, (32769,) * 8, "float16", True, None),  # long: many splits
+    (1, 32, 8, 1, 128, 64, (131077,), "bfloat16", True, None),  # longest: the split cap
+    (2, 8, 2, 1, 128, 16, (1023, 3), "float32", True, None),  # float32
+    (2, 8, 8, 3, 24, 16, (2, 45), "float16", True, None),  # D = 24; a row that sees no key
+    (16, 32, 32, 1, 128, 16, None, "bfloat16", True, None),  # MHA
+]
+
+
+def run_checks(seed=0):
+    out, ok = [], True
+    for idx, (b, h, hkv, nq, d, bs, lens, dtype, causal, window) in enumerate(CHECKS):
+        gen = torch.Generator(device="cpu").manual_seed(seed + idx)
+        if lens is None:
+            lens = tuple(int(x) | 1 for x in torch.randint(1, 3000, (b,), generator=gen))
+        n = max(lens)
+        tdt = TORCH_DTYPE[dtype]
+        torch.manual_seed(seed + idx)
+        q = torch.randn((b, h, nq, d), device=DEV).to(tdt)
+        k = torch.randn((b, hkv, n, d), device=DEV).to(tdt)
+        v = torch.randn((b, hkv, n, d), device=DEV).to(tdt)
+        kc, vc, table = paged_cache(k, v, lens, bs, gen)
+        lens_t = torch.tensor(lens, dtype=torch.int32, device=DEV)
+        p = problem_of(q, kc, table, lens, causal, window)
+        ref_o, ref_lse = reference(q, kc, vc, table, lens, causal, window, p.scale)
+        results = []
+        for _ in range(2):  # outputs poisoned; two launches must agree bitwise
+            o = torch.full_like(q, float("nan"))
+            lse = torch.full(p.lse_shape, float("nan"), dtype=torch.float32, device=DEV)
+            rung.launch(p, rung.DEFAULT_CONFIG, *(numba_view(x) for x in (q, kc, vc, table, lens_t)),
+                        numba_view(o), numba_view(lse), TorchLauncher())
+            torch.cuda.synchronize()
+            results.append((o.float().cpu().numpy(), lse.cpu().numpy()))
+        report = verify.Report("paged_decode", p, seed + idx)
+        (o1, l1), (o2, l2) = results
+        if o1.tobytes() != o2.tobytes() or l1.tobytes() != l2.tobytes():
+            report.failures.append("two launches differ bitwise")
+        verify.compare(report, o1, l1, ref_o.cpu().numpy(), ref_lse.cpu().numpy())
+        splits, per = rung.split_plan(p, rung.DEFAULT_CONFIG)
+        row = {"problem": p.describe(), "lens": list(lens) if len(lens) <= 8 else f"{len(lens)} odd lengths",
+               "splits": splits, "keys_per_split": per, "passed": report.passed,
+               "max_abs": report.max_abs, "rel_fro": report.rel_fro, "lse_max_abs": report.lse_max_abs,
+               "failures": report.failures}
+        ok &= report.passed
+        out.append(row)
+        print(("PASS " if report.passed else "FAIL ") + p.describe(), f"splits={splits}",
+              f"max_abs={report.max_abs:.2e} rel_fro={report.rel_fro:.2e}", report.failures, flush=True)
+        del q, k, v, kc, vc
+    return out, ok
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------------
+FLUSH = None
+
+
+def flush_l2():
+    FLUSH.zero_()
+
+
+def event_time(fn, reps, busy):
+    """Median ms of fn() between CUDA events; busy: the GPU sleeps first so the launches queue up
+    behind it (device time only); L2 flushed before each repetition."""
+    times = []
+    for _ in range(reps):
+        flush_l2()
+        if busy:
+            torch.cuda._sleep(1_000_000)  # ~0.5 ms of GPU spinning: longer than any host launch cost
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return {"median_ms": statistics.median(times), "p20_ms": times[len(times) // 5],
+            "p80_ms": times[(4 * len(times)) // 5], "reps": reps}
+
+
+def copy_rate():
+    n = 1 << 30  # float16 elements: 2 GiB
+    src = torch.empty(n, dtype=torch.float16, device=DEV).normal_()
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize()
+    t = event_time(lambda: dst.copy_(src), 10, busy=False)
+    return {"bytes": 2 * 2 * n, "median_ms": t["median_ms"],
+            "GB_per_s": 2 * 2 * n / (t["median_ms"] * 1e-3) / 1e9}
+
+
+def time_point(b, hkv, ctx, config, reps, sdpa=True, h=32, d=128, block=64):
+    """One decode step of B sequences of length ctx: the rung (kernel, launch, call) and SDPA flash."""
+    gen = torch.Generator(device="cpu").manual_seed(b * 1000 + hkv + ctx)
+    dt = torch.float16
+    q = torch.randn((b, h, 1, d), device=DEV, dtype=dt)
+    k = torch.randn((b, hkv, ctx, d), device=DEV, dtype=dt)
+    v = torch.randn((b, hkv, ctx, d), device=DEV, dtype=dt)
+    kc, vc, table = paged_cache(k, v, [ctx] * b, block, gen, spare=0, poison=0.0)
+    lens = torch.full((b,), ctx, dtype=torch.int32, device=DEV)
+    p = problem_of(q, kc, table, [ctx] * b)
+    o = torch.empty_like(q)
+    lse = torch.empty(p.lse_shape, dtype=torch.float32, device=DEV)
+    views = [numba_view(x) for x in (q, kc, vc, table, lens, o, lse)]
+    gpu = TorchLauncher(keep=True)
+
+    def launches():
+        gpu.next = 0
+        rung.launch(p, config, *views, gpu)
+
+    for _ in range(2):
+        launches()
+        decode_call(q, kc, vc, table, lens, [ctx] * b, config)
+    torch.cuda.synchronize()
+    bytes_read = p.cache_bytes_read()
+    row = {"B": b, "H": h, "Hkv": hkv, "ctx": ctx, "D": d, "block": block, "dtype": "float16",
+           "config": dict(config), "splits": rung.split_plan(p, config)[0],
+           "cache_bytes": bytes_read,
+           "kernel": event_time(launches, reps, busy=True),
+           "launch": event_time(launches, reps, busy=False),
+           "call": event_time(lambda: decode_call(q, kc, vc, table, lens, [ctx] * b, config), reps,
+                              busy=False)}
+    row["GB_per_s"] = bytes_read / (row["kernel"]["median_ms"] * 1e-3) / 1e9
+    # correctness of this very step against SDPA (both fp16; loose: a sanity check)
+    if sdpa:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        import torch.nn.functional as F
+
+        # One new token: the group's query heads become Hkv heads of G query rows each (what
+        # FlashAttention does for GQA decode), so SDPA reads each K/V byte once too.
+        q_grouped = q.view(b, hkv, h // hkv, d)
+
+        def run_sdpa():
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q_grouped, k, v, is_causal=False)
+
+        try:
+            ref = run_sdpa()
+            launches()
+            torch.cuda.synchronize()
+            row["max_abs_vs_sdpa"] = float((ref.reshape(o.shape).float() - o.float()).abs().max())
+            row["sdpa_kernel"] = event_time(run_sdpa, reps, busy=True)
+            row["sdpa_call"] = event_time(run_sdpa, reps, busy=False)
+            row["sdpa_GB_per_s"] = bytes_read / (row["sdpa_kernel"]["median_ms"] * 1e-3) / 1e9
+            row["vs_sdpa_kernel"] = row["kernel"]["median_ms"] / row["sdpa_kernel"]["median_ms"]
+        except Exception as exc:  # recorded, not fatal
+            row["sdpa_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    return row  # (its tensors are freed on return; the caller empties torch's cache)
+
+
+def provenance(argv):
+    import numba
+
+    try:
+        import numba_cuda
+
+        numba_cuda_version = numba_cuda.__version__
+    except Exception:
+        numba_cuda_version = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except Exception:
+        commit = None
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                          "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    return {"device": torch.cuda.get_device_name(), "nvidia_smi": smi,
+            "sm_count": rung.sm_count(), "numba": numba.__version__, "numba_cuda": numba_cuda_version,
+            "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": "python3 scripts/gpu_decode.py " + " ".join(argv), "commit": commit}
+
+
+def main(argv):
+    global FLUSH
+    out_dir = argv[0]
+    quick, sweep = "--quick" in argv, "--sweep" in argv
+    os.makedirs(out_dir, exist_ok=True)
+    t0 = time.time()
+    FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device=DEV)
+    result = {"provenance": provenance(argv), "default_config": rung.DEFAULT_CONFIG}
+    path = os.path.join(out_dir, "decode-bandwidth.json")
+
+    def save():
+        result["seconds"] = round(time.time() - t0, 1)
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+
+    result["copy"] = copy_rate()
+    torch.cuda.empty_cache()
+    print(f"copy rate {result['copy']['GB_per_s']:.0f} GB/s (read+write)", flush=True)
+    save()
+    try:
+        result["checks"], ok = run_checks()
+    except Exception:
+        traceback.print_exc()
+        result["checks"], ok = [{"error": traceback.format_exc()[-2000:]}], False
+    save()
+    print(f"checks done at {time.time() - t0:.0f}s", flush=True)
+
+    free = torch.cuda.mem_get_info()[0]
+    rows = []
+    contexts = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
+    for b in (1, 8, 64):
+        for hkv in (32, 8):
+            for ctx in contexts:
+                if quick and ctx not in (512, 8192, 32768):
+                    continue
+                need = 2 * 2 * b * hkv * ctx * 128 * 2 * 1.15  # two caches (paged, contiguous)
+                if need > free - (4 << 30):
+                    rows.append({"B": b, "Hkv": hkv, "ctx": ctx, "skipped": "does not fit"})
+                    continue
+                reps = 20 if b * hkv * ctx <= 8 * 8 * 32768 else 8
+                try:
+                    row = time_point(b, hkv, ctx, rung.DEFAULT_CONFIG, reps)
+                except Exception as exc:
+                    traceback.print_exc()
+                    row = {"B": b, "Hkv": hkv, "ctx": ctx, "error": f"{type(exc).__name__}: {exc}"[:300]}
+                torch.cuda.empty_cache()
+                rows.append(row)
+                if "kernel" in row:
+                    print(f"B={b:2d} Hkv={hkv:2d} ctx={ctx:6d} splits={row['splits']:3d} "
+                          f"kernel {row['kernel']['median_ms'] * 1e3:8.1f} us "
+                          f"{row['GB_per_s']:6.0f} GB/s  SDPA {row.get('sdpa_kernel', {}).get('median_ms', float('nan')) * 1e3:8.1f} us"
+                          f"  call {row['call']['median_ms'] * 1e3:7.1f} us", flush=True)
+                result["timing"] = rows
+                save()
+
+    if sweep:
+        variants = [dict(rung.DEFAULT_CONFIG, **v) for v in
+                    ({"unroll": 1}, {"unroll": 2}, {"unroll": 3}, {"unroll": 4}, {"threads": 64},
+                     {"threads": 256}, {"split_keys": 256})]
+        result["sweep"] = []
+        for b, hkv, ctx in ((1, 8, 32768), (8, 8, 8192), (8, 32, 8192), (64, 8, 4096), (1, 32, 1024)):
+            for cfg in variants:
+                try:
+                    row = time_point(b, hkv, ctx, cfg, 10, sdpa=False)
+                    row = {k: row[k] for k in ("B", "Hkv", "ctx", "config", "splits", "kernel", "GB_per_s")}
+                except Exception as exc:
+                    row = {"B": b, "Hkv": hkv, "ctx": ctx, "config": cfg, "error": str(exc)[:300]}
+                torch.cuda.empty_cache()
+                result["sweep"].append(row)
+                print("sweep", b, hkv, ctx, {k: cfg[k] for k in ("unroll", "threads", "split_keys")},
+                      f"{row.get('GB_per_s', float('nan')):.0f} GB/s", flush=True)
+                save()
+    save()
+
+    copy = result["copy"]["GB_per_s"]
+    print(f"\ncopy rate {copy:.0f} GB/s; checks {'all passed' if ok else 'FAILED'}; "
+          f"{time.time() - t0:.0f} s")
+    print(f"{'B':>3} {'Hkv':>3} {'ctx':>6} | {'kernel us':>9} {'GB/s':>5} {'%copy':>5} | "
+          f"{'SDPA us':>8} {'GB/s':>5} | {'rung/SDPA':>9} | {'call us':>8} {'SDPA call':>9}")
+    for r in rows:
+        if "kernel" not in r:
+            continue
+        sk = r.get("sdpa_kernel", {}).get("median_ms", float("nan"))
+        sc = r.get("sdpa_call", {}).get("median_ms", float("nan"))
+        print(f"{r['B']:>3} {r['Hkv']:>3} {r['ctx']:>6} | {r['kernel']['median_ms'] * 1e3:9.1f} "
+              f"{r['GB_per_s']:5.0f} {100 * r['GB_per_s'] / copy:5.0f} | {sk * 1e3:8.1f} "
+              f"{r.get('sdpa_GB_per_s', float('nan')):5.0f} | {r.get('vs_sdpa_kernel', float('nan')):9.2f} | "
+              f"{r['call']['median_ms'] * 1e3:8.1f} {sc * 1e3:9.1f}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
