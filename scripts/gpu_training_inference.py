@@ -42,8 +42,11 @@ from workbench import Problem
 from workbench.api import training
 from workbench.api import inference as dec
 from workbench.bench import suites_training as st
-from workbench.harness import runner
+from workbench.harness import runner, verify
+from workbench.kernels import get as get_rung
 from workbench.bench.suites_training import free_torch
+
+DECODE = get_rung("decode", "decode")
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "out-training-inference"
 os.makedirs(OUT, exist_ok=True)
@@ -116,12 +119,12 @@ def verify_backward():
                  "verify": rep.as_dict(), "workspace_bytes": rep.workspace_bytes}
         log(rep)
         if HAVE_TORCH:
-            q, k, v, do = training.make_grad_inputs(p, seed_)
-            pairs = training.sample_kv_heads(p, heads, seed_)
-            ref = training.sampled_reference(p, q, k, v, do, pairs)
+            q, k, v, do = verify.make_grad_inputs(p, seed_)
+            pairs = verify.sample_kv_heads(p, heads, seed_)
+            ref = verify.sampled_gradients(p, q, k, v, do, pairs)
             got = sdpa_grads(p, q, k, v, do)
-            peer = training.compare_gradients(training.GradReport("sdpa", p, seed_),
-                                              training.pick(p, got, pairs), ref)
+            peer = verify.compare_gradients(verify.Report("sdpa", p, seed_, kind="backward"),
+                                            verify.pick_gradients(p, got, pairs), ref)
             point["sdpa_vs_float64"] = peer.as_dict()
             log("  SDPA:", peer)
         points.append(point)
@@ -204,7 +207,7 @@ def verify_decode():
         rep = dec.check_decode(p, seed=200 + len(points))
         log(rep)
         points.append({"kernel": "decode", "problem": p.describe(), "status": "pass" if rep.passed else "FAIL",
-                       "verify": rep.as_dict(), "splits": dec._decode.split_plan(p, dec.check_config(dec.DECODE[0], p))[0]})
+                       "verify": rep.as_dict(), "splits": DECODE.module.split_plan(p, runner.check_config(DECODE, p))[0]})
         runner.release_memory()
     save_check("verify-decode", points)
     bad = [pt["problem"] for pt in points if pt["status"] != "pass"]

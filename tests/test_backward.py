@@ -7,6 +7,7 @@ import pytest
 import workbench  # noqa: F401  (selects the simulator before anything imports Numba)
 from workbench import Problem, reference
 from workbench.api import training
+from workbench.harness import verify
 
 # --------------------------------------------------------------------------------------------------
 # The reference against central differences of L = Σ O ∘ G (so ∂L/∂O = G = dO)
@@ -74,18 +75,30 @@ def test_backward_rung_matches_float64(p):
 def test_gradient_check_can_fail():
     """The judge catches a gradient off by a little in a few elements, and an unwritten one."""
     p = Problem(1, 2, 1, 9, 9, 16, "float32", causal=True)
-    q, k, v, do = training.make_grad_inputs(p, seed=3)
-    pairs = training.sample_kv_heads(p, None, 3)
-    ref = training.sampled_reference(p, q, k, v, do, pairs)
-    ok = training.compare_gradients(training.GradReport("ref", p, 3), ref, ref)
+    q, k, v, do = verify.make_grad_inputs(p, seed=3)
+    pairs = verify.sample_kv_heads(p, None, 3)
+    ref = verify.sampled_gradients(p, q, k, v, do, pairs)
+    ok = verify.compare_gradients(verify.Report("ref", p, 3, kind="backward"), ref, ref)
     assert ok.passed
     bad = {n: x.copy() for n, x in ref.items()}
     bad["dk"][0, 0, 4, :3] *= 1.01
-    report = training.compare_gradients(training.GradReport("bad", p, 3), bad, ref)
+    report = verify.compare_gradients(verify.Report("bad", p, 3, kind="backward"), bad, ref)
     assert not report.passed and all(f.startswith("dk") for f in report.failures), str(report)
     bad["dq"][0, 1, 2, 0] = np.nan
-    report = training.compare_gradients(training.GradReport("nan", p, 3), bad, ref)
+    report = verify.compare_gradients(verify.Report("nan", p, 3, kind="backward"), bad, ref)
     assert any(f.startswith("dq") for f in report.failures)
+
+
+def test_check_backward_is_the_one_verifier():
+    """check_backward is verify.check of the backward rung: same inputs, same report."""
+    p = RUNG_CASES[0]
+    a = training.check_backward(p, seed=5)
+    b = verify.check("flash2_bwd", p, seed=5)
+    assert a.kind == b.kind == "backward" and a.passed and b.passed
+    assert a.errors == b.errors and set(a.errors) == {"dq", "dk", "dv"}
+    d = a.as_dict()
+    assert d["deterministic"] and d["bitwise_required"] and d["tolerance"] == vars(verify.GRAD_TOLERANCE["float32"])
+    assert a.rel_fro == max(e["rel_fro"] for e in a.errors.values()) and "rel_fro" not in d
 
 
 def test_backward_validation():
@@ -106,6 +119,18 @@ def test_backward_validation():
         training.backward(q, k, v, o, lse, do, config={"Bx": 4})
 
 
+def test_backward_function_matches_float64():
+    """The public function (validation, then the runner) on NumPy arrays, GQA and causal."""
+    p = Problem(1, 2, 1, 10, 12, 16, "float32", causal=True)
+    q, k, v, do = verify.make_grad_inputs(p, seed=21)
+    o, lse = workbench.attention(q, k, v, causal=True, return_lse=True)
+    got = training.backward(q, k, v, o, lse, do, causal=True)
+    ref = reference.attention_backward(q, k, v, do, causal=True)
+    for g, r in zip(got, ref):
+        assert g.shape == r.shape and g.dtype == np.float32
+        np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-4 * np.sqrt(np.mean(r ** 2)))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(workbench.mode() != "gpu", reason="needs a CUDA GPU (and torch)")
 def test_autograd_function_matches_sdpa_gradients():
@@ -113,7 +138,7 @@ def test_autograd_function_matches_sdpa_gradients():
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
     p = Problem(2, 4, 2, 70, 70, 32, "float32", causal=True)
-    q, k, v, do = training.make_grad_inputs(p, seed=9)
+    q, k, v, do = verify.make_grad_inputs(p, seed=9)
     grads = []
     for fn in (lambda a, b, c: training.flash_attention(a, b, c, causal=True),
                lambda a, b, c: sdpa(a, b, c, is_causal=True, enable_gqa=True)):

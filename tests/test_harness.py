@@ -232,3 +232,201 @@ def test_sampled_rows_keep_both_edges_and_are_judged_exactly():
     out[0, 0, rows[20]] += 1.0
     rep = verify.compare_sampled(verify.Report("x", p, 1), out, lse, pairs, ref_o, ref_lse, rows)
     assert not rep.passed
+
+
+# --------------------------------------------------------------------------------------------------
+# One runner, one verifier: every kind of rung through the declaration (kernels/contract.py)
+# --------------------------------------------------------------------------------------------------
+from workbench import kernels  # noqa: E402
+from workbench.kernels import contract, flash2_bwd  # noqa: E402
+from workbench.kernels import decode as decode_rung  # noqa: E402
+from workbench.kernels.contract import Arg  # noqa: E402
+from workbench.problem import DecodeProblem  # noqa: E402
+
+BWD_P = Problem(1, 2, 1, 9, 11, 16, "float32", causal=True)  # GQA, Nq < Nkv
+DEC_P = DecodeProblem(2, 4, 2, 1, 16, 4, 4 + 2 + 2, 4 + 1, (13, 6), "float32")  # as test_decode's
+
+
+def double(kind, base, name, launch, **extra):
+    """A rung of `kind` that behaves like module `base` except for its `launch` (and `extra`)."""
+    module = types.SimpleNamespace(
+        LESSON="a test double", DEFAULT_CONFIG=dict(base.DEFAULT_CONFIG),
+        SIM_CONFIG=dict(getattr(base, "SIM_CONFIG", {})), needs=base.needs,
+        workspace_bytes=base.workspace_bytes, launch=launch, **extra)
+    return Rung(99, name, module.LESSON, module, kind)
+
+
+def test_every_rung_declares_its_arrays_as_its_launch_takes_them():
+    """Each registered rung has a kind; its declaration (ARGS, else its kind's) names the arrays of
+    its launch() in order, and each declared shape is a property of its kind's problem."""
+    import inspect
+
+    problems = {"forward": Problem(), "backward": Problem(), "decode": DEC_P}
+    assert {r.kind for r in kernels.of_kind(None)} == {"forward", "backward", "decode"}
+    for rung in kernels.of_kind(None):
+        params = list(inspect.signature(rung.module.launch).parameters)
+        assert params[2:-1] == [a.name for a in rung.args], rung.name
+        assert rung.args == contract.SIGNATURES[rung.kind], rung.name  # (declared or by fallback)
+        for a in rung.args:
+            assert len(a.shape_of(problems[rung.kind])) >= 1 and a.device_dtype(problems[rung.kind])
+    assert [r.name for r in kernels.BACKWARD][:1] == ["flash2_bwd"]
+    assert [r.name for r in kernels.DECODE][:1] == ["decode"]
+    assert runner.Needs is contract.Needs  # rungs may import Needs from either place
+
+
+def test_get_looks_in_the_kind_asked():
+    assert kernels.get("flash2_bwd", kind=None).kind == "backward"
+    assert kernels.get("decode", kind="decode").kind == "decode"
+    with pytest.raises(ValueError, match="unknown kernel 'flash2_bwd'"):
+        kernels.get("flash2_bwd")  # the forward ladder by default (workbench.attention's choice)
+    with pytest.raises(ValueError, match="unknown decode kernel 'flash2'"):
+        kernels.get("flash2", kind="decode")
+
+
+def test_plan_of_every_kind_from_the_declaration():
+    bwd = kernels.get("flash2_bwd", kind="backward")
+    launches = runner.plan(bwd, BWD_P, runner.check_config(bwd, BWD_P))
+    assert [l.name for l in launches] == ["bwd_prep", "bwd_dkdv", "bwd_dq"]
+    dec = kernels.get("decode", kind="decode")
+    launches = runner.plan(dec, DEC_P, runner.check_config(dec, DEC_P))
+    assert [l.name for l in launches] == ["decode_split", "decode_combine"]
+    assert runner.declared_bytes(kernels.get("flash2"), BWD_P) == BWD_P.io_bytes()
+    q_bytes, kv_bytes = (4 * int(np.prod(s)) for s in (BWD_P.q_shape, BWD_P.kv_shape))
+    assert runner.declared_bytes(bwd, BWD_P) == BWD_P.io_bytes() + 2 * q_bytes + 2 * kv_bytes  # dO, dQ; dK, dV
+    with pytest.raises(ValueError, match="'flash2_bwd' takes dtypes.*not 'bfloat16'"):
+        runner.check_config(bwd, Problem(1, 1, 1, 8, 8, 16, "bfloat16"))
+
+
+REORDERED = (Arg("k", "kv_shape"), Arg("v", "kv_shape"), Arg("q", "q_shape"),
+             Arg("lse", "lse_shape", "float32", "out"), Arg("o", "q_shape", role="out"))
+
+
+def launch_reordered(p, cfg, k, v, q, lse, o, gpu):
+    naive.launch(p, cfg, q, k, v, o, lse, gpu)
+
+
+def test_a_rung_with_its_own_declaration_is_planned_run_and_verified_by_it():
+    rung = fake("reordered", launch_reordered)
+    rung.module.ARGS = REORDERED
+    assert [a.name for a in rung.args] == ["k", "v", "q", "lse", "o"]
+    assert [x.shape for x in runner.placeholders(rung, P)] == [P.kv_shape, P.kv_shape, P.q_shape,
+                                                               P.lse_shape, P.q_shape]
+    assert [l.name for l in runner.plan(rung, P, TINY)] == ["scores", "softmax", "pv"]
+    report = verify.check(rung, P, seed=3)  # (o poisoned and judged where the declaration puts it)
+    assert report.passed, str(report)
+    q, k, v = (cuda.to_device(x) for x in P.make_inputs(0))
+    o, lse = cuda.device_array(P.q_shape, np.float32), cuda.device_array(P.lse_shape, np.float32)
+    with pytest.raises(ValueError, match=r"k must have shape"):  # the forward's order is refused
+        runner.run(rung, P, TINY, q, k, v, o, lse)
+
+
+def test_run_checks_the_arrays_against_the_declaration():
+    rung = workbench.kernels.get("naive")
+    q, k, v = (cuda.to_device(x) for x in P.make_inputs(0))
+    o, lse = cuda.device_array(P.q_shape, np.float32), cuda.device_array(P.lse_shape, np.float32)
+    with pytest.raises(TypeError, match="takes 5 arrays"):
+        runner.run(rung, P, TINY, q, k, v, o)
+    with pytest.raises(ValueError, match=r"k must have shape \(1, 1, 9, 8\)"):
+        runner.run(rung, P, TINY, q, q, v, o, lse)
+    with pytest.raises(TypeError, match="lse must be a float32"):
+        runner.run(rung, P, TINY, q, k, v, o, cuda.device_array(P.lse_shape, np.float16))
+    pool = runner.Pool()
+    assert runner.run(rung, P, TINY, q, k, v, o, lse, pool).workspace_bytes > 0  # (a Pool after the arrays)
+    assert len(pool.arrays) == 1
+
+
+def noisy_launch():
+    """naive, then o[b, h, 0, 0] nudged by a few ulps that differ from launch to launch (as float
+    atomics would)."""
+    calls = itertools.count(1)
+
+    def launch(p, cfg, q, k, v, o, lse, gpu):
+        naive.launch(p, cfg, q, k, v, o, lse, gpu)
+        gpu.launch(shift, 1, 64, o, np.float32(1e-6 * next(calls)))
+
+    return launch
+
+
+def test_a_nondeterministic_rung_is_reported_not_failed():
+    report = verify.check(fake("atomic", noisy_launch()), P, seed=3)
+    assert not report.passed and any("differ bitwise" in f for f in report.failures)
+    rung = fake("atomic", noisy_launch())
+    rung.module.DETERMINISTIC = False
+    report = verify.check(rung, P, seed=3)
+    assert report.passed, str(report)
+    assert not report.deterministic and not report.bitwise_required
+    assert "DETERMINISTIC = False" in str(report) and report.as_dict()["bitwise_required"] is False
+
+
+def test_a_nondeterministic_rung_still_fails_unwritten_outputs():
+    rung = fake("lazy-atomic", launch_missing_last_row)
+    rung.module.DETERMINISTIC = False
+    report = verify.check(rung, P, seed=3)
+    assert not report.passed and report.unwritten == P.batch * P.heads * P.head_dim
+    assert any("never written" in f for f in report.failures)
+
+    calls = itertools.count()
+
+    def lazy_second_time(p, cfg, q, k, v, o, lse, gpu):  # right once, a row short the next time
+        first = not gpu.live or next(calls) == 0  # (planning launches nothing: not counted)
+        (naive.launch if first else launch_missing_last_row)(p, cfg, q, k, v, o, lse, gpu)
+
+    rung = fake("lazy-later", lazy_second_time)
+    rung.module.DETERMINISTIC = False
+    report = verify.check(rung, P, seed=3)
+    assert not report.passed and report.unwritten == 0  # (the first launch was complete)
+    assert any(f.startswith("launch 2:") and "never written" in f for f in report.failures), report.failures
+
+
+def launch_bwd_without_dq(p, cfg, q, k, v, o, lse, do, dq, dk, dv, gpu):
+    flash2_bwd.launch(p, cfg, q, k, v, o, lse, do, gpu.empty(dq.shape, dq.dtype), dk, dv, gpu)
+
+
+def launch_decode_without_o(p, cfg, q, k_cache, v_cache, table, lens, o, lse, gpu):
+    decode_rung.launch(p, cfg, q, k_cache, v_cache, table, lens, gpu.empty(o.shape, o.dtype), lse, gpu)
+
+
+def launch_without_lse(p, cfg, q, k, v, o, lse, gpu):
+    naive.launch(p, cfg, q, k, v, o, gpu.empty(lse.shape, lse.dtype), gpu)
+
+
+UNWRITTEN = {  # kind: (rung double, problem, the output left unwritten, its elements)
+    "forward": (lambda: double("forward", naive, "no-lse", launch_without_lse), P, "LSE values",
+                int(np.prod(P.lse_shape))),
+    "backward": (lambda: double("backward", flash2_bwd, "no-dq", launch_bwd_without_dq), BWD_P,
+                 "dq elements", int(np.prod(BWD_P.q_shape))),
+    "decode": (lambda: double("decode", decode_rung, "no-o", launch_decode_without_o), DEC_P,
+               "output elements", int(np.prod(DEC_P.q_shape))),
+}
+
+
+@pytest.mark.parametrize("bitwise", [True, False], ids=["deterministic", "DETERMINISTIC=False"])
+@pytest.mark.parametrize("kind", list(UNWRITTEN))
+def test_an_output_left_unwritten_fails_for_every_kind(kind, bitwise):
+    make, problem, what, size = UNWRITTEN[kind]
+    rung = make()
+    if not bitwise:
+        rung.module.DETERMINISTIC = False
+    report = verify.check(rung, problem, seed=4)
+    assert report.kind == kind and not report.passed
+    assert any(f"{size} of {size} {what} are NaN" in f for f in report.failures), report.failures
+    assert report.unwritten == size
+
+
+@pytest.mark.parametrize("kind", ["backward", "decode"])
+def test_the_real_rungs_of_each_kind_pass_the_same_verifier(kind):
+    name, problem = {"backward": ("flash2_bwd", BWD_P), "decode": ("decode", DEC_P)}[kind]
+    report = verify.check(name, problem, seed=6)
+    assert report.passed and report.kind == kind and report.deterministic, str(report)
+    assert not report.inputs_changed  # q, k, v, o, lse, do / q, caches (NaN slots too), table, lens
+    if kind == "decode":
+        assert set(report.errors) == {"o", "lse"} and report.as_dict()["lse_max_abs"] == report.lse_max_abs
+
+
+def test_traffic_counts_any_kind_by_its_declared_names():
+    from workbench.sim.traffic import traffic
+
+    arrays = traffic("decode", DEC_P).by_array()
+    assert {"Q", "K_CACHE", "V_CACHE", "BLOCK_TABLE", "SEQ_LENS", "O", "LSE"} <= set(arrays)
+    assert arrays["O"][1] == 4 * int(np.prod(DEC_P.q_shape))  # O written once (float32)
+    assert arrays["K_CACHE"][0] > 0 and arrays["K_CACHE"][1] == 0

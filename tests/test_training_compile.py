@@ -11,10 +11,10 @@ from workbench.harness.device import H100
 SCRIPT = r"""
 import json, os, sys
 os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
-from workbench import Problem
-from workbench.api import inference as decode
-from workbench.api import training
+from workbench.problem import DecodeProblem, Problem
 from workbench.bench.resources import compile_usage
+from workbench.harness import runner
+from workbench.kernels import get
 out, seen = [], set()
 def add(kind, launches, declared, label):
     for l in launches:
@@ -26,15 +26,15 @@ def add(kind, launches, declared, label):
 # The shapes that matter (each distinct kernel once): float16 at D = 64 and 128, float32 at one.
 for dtype, d in (("float16", 64), ("float16", 128), ("float32", 128)):
     p = Problem(2, 32, 8, 1024, 1024, d, dtype, causal=True)
-    rung = training.get()
-    cfg = training.check_config(rung, p)
-    add("backward", training.plan(rung, p, cfg), rung.module.needs(p, cfg).shared_bytes, p.describe())
+    rung = get("flash2_bwd", kind="backward")
+    cfg = runner.check_config(rung, p)
+    add("backward", runner.plan(rung, p, cfg), rung.module.needs(p, cfg).shared_bytes, p.describe())
 for dtype, d, h, hkv, nq in (("float16", 128, 32, 32, 1), ("float16", 128, 64, 8, 1),
                              ("float32", 64, 32, 8, 4)):
-    p = decode.DecodeProblem(1, h, hkv, nq, d, 16, 2048, 2048, (32768,), dtype)
-    rung = decode.DECODE[0]
-    cfg = decode.check_config(rung, p)
-    add("decode", decode.plan(rung, p, cfg), rung.module.needs(p, cfg).shared_bytes, p.describe())
+    p = DecodeProblem(1, h, hkv, nq, d, 16, 2048, 2048, (32768,), dtype)
+    rung = get("decode", kind="decode")
+    cfg = runner.check_config(rung, p)
+    add("decode", runner.plan(rung, p, cfg), rung.module.needs(p, cfg).shared_bytes, p.describe())
 json.dump(out, open(sys.argv[1], "w"))
 """
 

@@ -203,3 +203,154 @@ class Problem:
         seq = f"N={self.seq_q}" + (f"x{self.seq_kv}" if self.seq_kv != self.seq_q else "")
         mask = (" causal" if self.causal else "") + (f" window={self.window}" if self.window else "")
         return f"B={self.batch} {heads} {seq} D={self.head_dim} {self.dtype}{mask}"
+
+
+@dataclass(frozen=True)
+class DecodeProblem:
+    """One decode step's shapes: Nq new tokens per sequence attending over a paged KV cache.
+
+    q: (B, H, Nq, D); k_cache, v_cache: (num_blocks, Hkv, block_size, D), the pool of physical
+    blocks; block_table: (B, max_blocks) int32, sequence b's logical key j in physical block
+    block_table[b, j // block_size] at offset j % block_size; seq_lens: (B,) int32, each length
+    including the new tokens. causal is bottom-right within each sequence (new token i of sequence b
+    sits at position seq_lens[b] − Nq + i); window as Problem's."""
+
+    batch: int
+    heads: int
+    kv_heads: int
+    seq_q: int  # new tokens per sequence
+    head_dim: int
+    block_size: int
+    num_blocks: int
+    max_blocks: int
+    seq_lens: tuple  # per sequence, the new tokens included
+    dtype: str = "float16"
+    causal: bool = True
+    window: tuple | None = None
+    scale: float | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "seq_lens", tuple(int(n) for n in self.seq_lens))
+        object.__setattr__(self, "window", check_window(self.window))
+        object.__setattr__(self, "scale", check_scale(self.scale, self.head_dim))
+
+    @property
+    def group(self) -> int:
+        return self.heads // self.kv_heads
+
+    @property
+    def max_seq(self) -> int:
+        return max(self.seq_lens)
+
+    # --- shapes (the decode rungs' arrays, kernels/contract.py DECODE) --------------------------
+    @property
+    def q_shape(self):
+        return (self.batch, self.heads, self.seq_q, self.head_dim)
+
+    @property
+    def cache_shape(self):
+        return (self.num_blocks, self.kv_heads, self.block_size, self.head_dim)
+
+    @property
+    def table_shape(self):
+        return (self.batch, self.max_blocks)
+
+    @property
+    def lens_shape(self):
+        return (self.batch,)
+
+    @property
+    def lse_shape(self):
+        return (self.batch, self.heads, self.seq_q)
+
+    @property
+    def itemsize(self) -> int:
+        return host_dtype(self.dtype).itemsize
+
+    def mask_bounds(self) -> tuple[int, int]:
+        """(left, right) with unbounded replaced by a number no row reaches (as Problem's)."""
+        far = self.seq_q + self.max_seq
+        left, right = self.window if self.window is not None else (-1, -1)
+        if self.causal:
+            right = 0
+        return (far if left < 0 else min(left, far)), (far if right < 0 else min(right, far))
+
+    def visible_pairs(self) -> int:
+        left, right = self.mask_bounds()
+        total = 0
+        for n in self.seq_lens:
+            i = np.arange(self.seq_q)
+            lo = np.clip(i + n - self.seq_q - left, 0, n)
+            hi = np.clip(i + n - self.seq_q + right + 1, 0, n)
+            total += int(np.maximum(hi - lo, 0).sum())
+        return total
+
+    def flops(self) -> int:
+        return 4 * self.heads * self.head_dim * self.visible_pairs()
+
+    def cache_bytes_read(self) -> int:
+        """K and V of every sequence's context, read once (the floor of a decode step's traffic)."""
+        return 2 * self.kv_heads * self.head_dim * self.itemsize * sum(self.seq_lens)
+
+    def io_bytes(self) -> int:
+        q_o = 2 * self.batch * self.heads * self.seq_q * self.head_dim * self.itemsize
+        cache = 2 * self.num_blocks * self.kv_heads * self.block_size * self.head_dim * self.itemsize
+        return q_o + cache + 4 * self.batch * (self.max_blocks + 1) + 4 * self.batch * self.heads * self.seq_q
+
+    def make_inputs(self, seed: int, **paged):
+        """Fresh standard-normal q and a paged cache of this problem's lengths and shapes (physical
+        blocks shuffled, every unowned slot NaN, table entries past each sequence's blocks invalid:
+        `paged_cache`, whose keywords `paged` may override), with the block table and the lengths:
+        (q, k_cache, v_cache, block_table, seq_lens)."""
+        need = [-(-n // self.block_size) for n in self.seq_lens]
+        if sum(need) > self.num_blocks or max(need) > self.max_blocks:
+            raise ValueError(f"{self.describe()}: the lengths need {sum(need)} blocks and {max(need)} table "
+                             f"entries per sequence; the problem has {self.num_blocks} and {self.max_blocks}")
+        paged = {"spare_blocks": self.num_blocks - sum(need), "extra_table": self.max_blocks - max(need),
+                 **paged}
+        rng = np.random.default_rng(seed)
+        io = host_dtype(self.dtype)
+        q = rng.standard_normal(self.q_shape, dtype=np.float32).astype(io)
+        shape = (self.batch, self.kv_heads, self.max_seq, self.head_dim)
+        k = rng.standard_normal(shape, dtype=np.float32).astype(io)
+        v = rng.standard_normal(shape, dtype=np.float32).astype(io)
+        k_cache, v_cache, table = paged_cache(k, v, self.seq_lens, self.block_size, seed=seed, **paged)
+        return q, k_cache, v_cache, table, np.asarray(self.seq_lens, np.int32)
+
+    def describe(self) -> str:
+        heads = f"H={self.heads}" + (f"/{self.kv_heads}" if self.kv_heads != self.heads else "")
+        lens = (f"ctx={self.seq_lens[0]}" if len(set(self.seq_lens)) == 1
+                else f"ctx={min(self.seq_lens)}..{self.max_seq}")
+        mask = (" causal" if self.causal else "") + (f" window={self.window}" if self.window else "")
+        return (f"B={self.batch} {heads} Nq={self.seq_q} {lens} D={self.head_dim} "
+                f"block={self.block_size} {self.dtype}{mask}")
+
+
+def paged_cache(k, v, seq_lens, block_size, *, seed=0, spare_blocks=2, extra_table=1, shuffle=True,
+                poison=np.nan):
+    """(k_cache, v_cache, block_table) holding contiguous k, v (B, Hkv, N, D) of lengths seq_lens.
+
+    Physical blocks are handed out in a random order (non-contiguous, shuffled), `spare_blocks`
+    unused ones are added, every slot no sequence uses (spare blocks and the tail of each last,
+    partial block) is filled with `poison`, and each table row has `extra_table` entries past its
+    last used block holding an invalid id (num_blocks + 7): none of them may ever be read."""
+    k, v = np.asarray(k), np.asarray(v)
+    b, hkv, _, d = k.shape
+    lens = [int(n) for n in seq_lens]
+    need = [-(-n // block_size) for n in lens]
+    num_blocks = sum(need) + spare_blocks
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(num_blocks) if shuffle else np.arange(num_blocks)
+    k_cache = np.full((num_blocks, hkv, block_size, d), poison, k.dtype)
+    v_cache = np.full_like(k_cache, poison)
+    table = np.full((b, max(need) + extra_table), num_blocks + 7, np.int32)
+    nxt = 0
+    for i, n in enumerate(lens):
+        for lb in range(need[i]):
+            phys = int(order[nxt])
+            nxt += 1
+            table[i, lb] = phys
+            j0, j1 = lb * block_size, min(n, (lb + 1) * block_size)
+            k_cache[phys, :, : j1 - j0] = k[i, :, j0:j1]
+            v_cache[phys, :, : j1 - j0] = v[i, :, j0:j1]
+    return k_cache, v_cache, table

@@ -23,7 +23,7 @@ numbers are whole models on an A100; ours are attention layers, and the tables s
 
 Without torch on a GPU (the simulator, or a GPU machine without torch) nothing is timed: each suite
 runs a tiny version that verifies our rungs against float64 (the backward rung through
-`training.check_backward`, the decode rung on a shuffled paged cache through `decode.check_decode`),
+`training.check_backward`, the decode rung on a shuffled paged cache through `inference.check_decode`),
 records the torch peers "n/a" with the reason, and says that no time was measured.
 """
 
@@ -43,6 +43,9 @@ from workbench.harness import device, memory, peers, runner, timing
 from workbench.harness import verify as _verify
 from workbench.kernels import get as get_rung
 from workbench.problem import Problem
+
+BWD = get_rung("flash2_bwd", "backward")  # our backward and decode rungs in these suites
+DECODE = get_rung("decode", "decode")
 
 try:
     import torch
@@ -151,9 +154,9 @@ class Ours:
         from numba import cuda
 
         self.p = p
-        self.fwd, self.bwd = get_rung("flash2"), training.get()
+        self.fwd, self.bwd = get_rung("flash2"), BWD
         self.cfg_f = runner.check_config(self.fwd, p)
-        self.cfg_b = training.check_config(self.bwd, p)
+        self.cfg_b = runner.check_config(self.bwd, p)
         self.o, self.lse = torch.empty_like(q), torch.empty(p.lse_shape, device="cuda")
         self.grads = [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)]
         a = cuda.as_cuda_array
@@ -166,7 +169,7 @@ class Ours:
         runner.run(self.fwd, self.p, self.cfg_f, *self.args, self.o_, self.lse_, pool=self.pool_f)
 
     def backward(self):
-        return training.run(self.bwd, self.p, self.cfg_b, *self.args, self.o_, self.lse_, self.do_,
+        return runner.run(self.bwd, self.p, self.cfg_b, *self.args, self.o_, self.lse_, self.do_,
                             *self.g_, pool=self.pool_b)
 
     def both(self):
@@ -178,7 +181,7 @@ class Ours:
         p = self.p
         qo = p.batch * p.heads * p.seq_q * p.head_dim * p.itemsize
         kv = p.batch * p.kv_heads * p.seq_kv * p.head_dim * p.itemsize
-        return 4 * qo + 4 * kv + 4 * p.batch * p.heads * p.seq_q + training.get().module.workspace_bytes(p, self.cfg_b)
+        return 4 * qo + 4 * kv + 4 * p.batch * p.heads * p.seq_q + BWD.module.workspace_bytes(p, self.cfg_b)
 
 
 def rel(a, b) -> float:
@@ -239,12 +242,12 @@ def fwd_bwd_points(p: Problem, label: str, what=("flash2", "sdpa-flash", "torch-
         points.append(train_point(p, label, "sdpa-flash", grad_of(f_sdpa), lambda: torch_peak(grad_of(f_sdpa)),
                                   {"pass": "forward+backward", "backend": backend}))
     if "flash2" in what:
-        if p.head_dim not in training.get().module.HEAD_DIMS:
+        if p.head_dim not in BWD.module.HEAD_DIMS:
             for kind in (("forward",) if forward_too else ()) + ("forward+backward",):
                 points.append({"kernel": "flash2", "label": label, "problem": p.describe(), "batch": p.batch,
                                "heads": p.heads, "head_dim": p.head_dim, "seq_q": p.seq_q, "pass": kind,
                                "status": "n/a", "reason": f"flash2 supports head_dim in "
-                                                          f"{training.get().module.HEAD_DIMS}, not {p.head_dim}"})
+                                                          f"{BWD.module.HEAD_DIMS}, not {p.head_dim}"})
         else:
             ours = Ours(p, q, k, v, do)
             ours.both()
@@ -317,7 +320,7 @@ def seed_inference(s: Session):
     from workbench import reference
 
     heads, hkv, dim = benchmark_page.MODEL_SHAPES["Llama 2 7B"]
-    rung = dec.DECODE[0]
+    rung = DECODE
     points = []
     gen = torch.Generator(device="cuda").manual_seed(0)
     for n in [c for c in INF_CONTEXTS if s.keep(c)]:
@@ -332,14 +335,14 @@ def seed_inference(s: Session):
         table = perm.to(torch.int32).view(1, nb).contiguous()
         lens = torch.tensor([n], dtype=torch.int32, device="cuda")
         p = dec.DecodeProblem(1, heads, hkv, 1, dim, BLOCK, nb + 5, nb, (n,), "float16", causal=True)
-        cfg = dec.check_config(rung, p)
+        cfg = runner.check_config(rung, p)
         a = cuda.as_cuda_array
         o, lse = torch.empty_like(q), torch.empty((1, heads, 1), device="cuda")
         args = [a(x) for x in (q, k_cache, v_cache, table, lens, o, lse)]
         pool = runner.Pool()
 
         def ours():
-            dec.run(rung, p, cfg, *args, pool=pool)
+            runner.run(rung, p, cfg, *args, pool=pool)
 
         ours()
         torch.cuda.synchronize()
@@ -368,8 +371,8 @@ def seed_inference(s: Session):
                      "cache_bytes": cache_bytes}
             if name == "decode":
                 point.update(rel_fro_vs_float64=err, rel_vs_sdpa=rel(o, ref_o),
-                             splits=dec._decode.split_plan(p, cfg)[0],
-                             memory={"peak_MiB": (dec._decode.workspace_bytes(p, cfg)) / 2**20,
+                             splits=rung.module.split_plan(p, cfg)[0],
+                             memory={"peak_MiB": (rung.module.workspace_bytes(p, cfg)) / 2**20,
                                      "what": "workspace beyond the cache (partial O, LSE)"})
             else:
                 out = fn()
@@ -483,14 +486,14 @@ def verify_only(s: Session, name: str) -> list:
             label = f"context {label}"
             rep = dec.check_decode(p, seed=seed_)  # shuffled physical blocks, NaN in unused slots
             points.append(_checked("decode", label, p, rep,
-                                   splits=dec._decode.split_plan(p, dec.check_config(dec.DECODE[0], p))[0]))
+                                   splits=DECODE.module.split_plan(p, runner.check_config(DECODE, p))[0]))
         else:
             passes = ("forward", "forward+backward") if name == "seed-models" else ("forward+backward",)
             extra = {"model": label} if name == "seed-models" else {}
-            heads_ok = p.head_dim in training.get().module.HEAD_DIMS
+            heads_ok = p.head_dim in BWD.module.HEAD_DIMS
             try:
                 if not heads_ok:  # the reason the GPU points give, not the config check's long one
-                    raise ValueError(f"flash2 supports head_dim in {training.get().module.HEAD_DIMS}, "
+                    raise ValueError(f"flash2 supports head_dim in {BWD.module.HEAD_DIMS}, "
                                      f"not {p.head_dim}")
                 cfg = runner.check_config(get_rung("flash2"), p)
             except ValueError as exc:

@@ -285,6 +285,7 @@ class PagedCache:
 
         from workbench.api import inference as dec
         from workbench.harness import runner
+        from workbench.kernels import get
 
         self.torch, self.W, self.heads, self.bs = torch, W, heads, block_size
         blocks = PagedBook.blocks_for(capacity, block_size)
@@ -303,11 +304,11 @@ class PagedCache:
         self.lse = torch.empty((batch, heads, 1), device="cuda", dtype=torch.float32)
         # One problem for the whole run, sized for its longest context: the kernel reads each
         # sequence's length from `lens` on the device; splits past it are empty and merge as zero.
-        self.rung = dec.DECODE[0]
-        self.dec = dec
+        self.rung = get("decode", kind="decode")
+        self.dec, self.runner = dec, runner
         self.problem = dec.DecodeProblem(batch, heads, heads, 1, head_dim, block_size, self.book.num_blocks,
                                          blocks, (capacity,) * batch, "float16", causal=True)
-        self.config = dec.check_config(self.rung, self.problem)
+        self.config = runner.check_config(self.rung, self.problem)
         a = cuda.as_cuda_array
         self.k_, self.v_ = [a(self.k[i]) for i in range(L)], [a(self.v[i]) for i in range(L)]
         self.q_, self.o_, self.lse_ = a(self.q), a(self.o), a(self.lse)
@@ -327,7 +328,7 @@ class PagedCache:
         return 2 * self.k.numel() * self.k.element_size() + self.table.numel() * 4 + self.lens.numel() * 4
 
     def workspace_bytes(self) -> int:
-        return self.dec._decode.workspace_bytes(self.problem, self.config)
+        return self.rung.module.workspace_bytes(self.problem, self.config)
 
     def step(self, tok, pos, probe=None):
         torch, W = self.torch, self.W
@@ -340,8 +341,8 @@ class PagedCache:
             self.k[i][blk, :, off] = k[:, :, 0]
             self.v[i][blk, :, off] = v[:, :, 0]
             self.q.copy_(q)
-            self.dec.run(self.rung, self.problem, self.config, self.q_, self.k_[i], self.v_[i], self.table_,
-                         self.lens_, self.o_, self.lse_, pool=self.pool)
+            self.runner.run(self.rung, self.problem, self.config, self.q_, self.k_[i], self.v_[i], self.table_,
+                            self.lens_, self.o_, self.lse_, pool=self.pool)
             if probe is not None:
                 probe.append(self.o.float())
             x = _after_attention(torch, lw, x, self.o)

@@ -1,35 +1,34 @@
-"""Running a rung: config checks, the launch plan, and the one place kernels are launched from.
+"""Running a rung of any kind: config checks, the launch plan, and the one place kernels are launched from.
 
-A rung's `launch(problem, config, q, k, v, o, lse, gpu)` asks `gpu` for scratch memory
-(`gpu.empty`) and launches through it (`gpu.launch(kernel, grid, block, *args)`). The same code then
-serves three purposes:
+A rung's `launch(problem, config, <its arrays>, gpu)` takes the arrays its declaration lists
+(`rung.args`: the module's ARGS or its kind's standard signature, kernels/contract.py), asks `gpu`
+for scratch memory (`gpu.empty`) and launches through it (`gpu.launch(kernel, grid, block, *args)`).
+Forward, backward and decode rungs all go through the same three functions:
 
-- plan: run with placeholder arrays and nothing launched, to see every kernel's grid and block before
-  any real launch (so an impossible config is a ValueError, not a CUDA error) and to know the
-  argument types for compiling ahead of time (`python -m workbench.bench.resources`);
-- live: allocate and launch for real, counting the scratch bytes the rung allocates;
-- checks every launch shares: block and grid limits, and no float64 scalar sneaking into a float32
-  kernel (a Python float argument silently turns the kernel's arithmetic into FP64).
+- `plan(rung, problem, config)`: run with placeholder arrays built from the declaration and nothing
+  launched, to see every kernel's grid and block before any real launch (so an impossible config is
+  a ValueError, not a CUDA error) and to know the argument types for compiling ahead of time
+  (`python -m workbench.bench.resources`);
+- `check_config(rung, problem, config)`: the config merged with the mode's defaults and checked
+  against the rung's `needs()`, the device and the plan;
+- `run(rung, problem, config, *arrays, pool=None)`: the arrays in the declaration's order, their
+  shapes and dtypes checked against it, then allocated scratch and live launches, counting the
+  scratch bytes the rung allocates (what the memory model predicts).
+
+Checks every launch shares: block and grid limits, and no float64 scalar sneaking into a float32
+kernel (a Python float argument silently turns the kernel's arithmetic into FP64).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 
 import numpy as np
 
-from workbench.dtypes import device_dtype
+from workbench.kernels import of_kind
+from workbench.kernels.contract import Needs  # noqa: F401  (re-exported: rungs import it from here)
 from . import device
-
-
-@dataclass(frozen=True)
-class Needs:
-    """What a rung declares about a problem at a config; the harness does the checking."""
-
-    shared_bytes: int = 0  # static shared memory of its largest kernel, per block
-    head_dims: tuple[int, ...] | None = None  # supported D (None: any)
-    rules: dict = field(default_factory=dict)  # {"Br is a multiple of 4": bool, ...}
-    dtypes: tuple[str, ...] = ("float32", "float16")  # I/O dtypes it takes (bfloat16: as uint16 bits)
 
 
 class Placeholder:
@@ -171,23 +170,26 @@ def merged_config(rung, config) -> dict:
     return {**default, **{k: int(v) for k, v in config.items()}}
 
 
+def placeholders(rung, problem) -> list[Placeholder]:
+    """One placeholder per declared array, in launch order."""
+    return [Placeholder(a.shape_of(problem), a.device_dtype(problem)) for a in rung.args]
+
+
+def declared_bytes(rung, problem) -> int:
+    """Device memory of the call's own arrays, from the declaration (the memory model's io part:
+    for a forward rung `problem.io_bytes()`; a backward rung's adds dO, dQ, dK, dV)."""
+    return sum(p.nbytes for p in placeholders(rung, problem))
+
+
 def plan(rung, problem, config: dict) -> list[Launch]:
     """Every launch the rung would make for this problem, with nothing allocated or launched."""
-    io = device_dtype(problem.dtype)  # bfloat16 arrives as uint16 bits
-    q = Placeholder(problem.q_shape, io)
-    k = Placeholder(problem.kv_shape, io)
-    v = Placeholder(problem.kv_shape, io)
-    o = Placeholder(problem.q_shape, io)
-    lse = Placeholder(problem.lse_shape, np.float32)
     gpu = Launcher(live=False)
-    rung.module.launch(problem, config, q, k, v, o, lse, gpu)
+    rung.module.launch(problem, config, *placeholders(rung, problem), gpu)
     return gpu.launches
 
 
-def check_config(rung, problem, config=None, planner=None) -> dict:
-    """Merge and check a config against the problem and the device; ValueError before any launch.
-    `planner(rung, problem, config)` lists the launches (default `plan`, the forward signature;
-    the backward and decode rungs pass their own)."""
+def check_config(rung, problem, config=None) -> dict:
+    """Merge and check a config against the problem and the device; ValueError before any launch."""
     cfg = merged_config(rung, config)
     needs: Needs = rung.module.needs(problem, cfg)
     facts = device.facts()
@@ -198,7 +200,7 @@ def check_config(rung, problem, config=None, planner=None) -> dict:
     if problem.dtype not in needs.dtypes:
         raise ValueError(
             f"kernel {rung.name!r} takes dtypes {needs.dtypes}, not {problem.dtype!r}: cast the inputs "
-            f"to one of them{_who_takes(problem)}"
+            f"to one of them{_who_takes(rung, problem)}"
         )
     if needs.head_dims is not None and problem.head_dim not in needs.head_dims:
         raise ValueError(
@@ -212,7 +214,7 @@ def check_config(rung, problem, config=None, planner=None) -> dict:
             f"{where} needs {needs.shared_bytes} bytes of shared memory per block, over the "
             f"{facts.max_shared_per_block}-byte static limit of {facts.name}: use smaller tiles"
         )
-    for launch in (planner or plan)(rung, problem, cfg):
+    for launch in plan(rung, problem, cfg):
         if launch.threads > facts.max_threads_per_block or launch.block[0] > 1024:
             raise ValueError(
                 f"{where}: {launch.name} would launch {launch.block} = {launch.threads} threads per "
@@ -226,27 +228,58 @@ def check_config(rung, problem, config=None, planner=None) -> dict:
     return cfg
 
 
-def _who_takes(problem) -> str:
-    """The tail of check_config's dtype message: the forward rungs that take this dtype."""
-    from workbench.kernels import LADDER
-
-    names = []
-    for rung in LADDER:
+def _who_takes(asked, problem) -> str:
+    """The tail of check_config's dtype message: the rungs of the same kind that take this dtype."""
+    kind, names = getattr(asked, "kind", "forward"), []
+    for rung in of_kind(kind):
         try:
             if problem.dtype in rung.module.needs(problem, default_config(rung)).dtypes:
                 names.append(rung.name)
         except Exception:  # noqa: BLE001 - a rung that cannot judge this problem does not take it
             pass
-    return f" (the forward kernels that take {problem.dtype}: {', '.join(names)})" if names else ""
+    return f" (the {kind} kernels that take {problem.dtype}: {', '.join(names)})" if names else ""
 
 
-def run(rung, problem, config: dict, q, k, v, o, lse, pool: Pool | None = None) -> Launcher:
-    """Launch a rung on device arrays (config already checked). Returns the launcher's accounts.
-    With a `pool`, scratch memory is reused from the previous call instead of allocated again."""
+def _expected(args, problem) -> tuple:
+    """(shape, device dtype) of each declared array for this problem (cached: run is a hot path)."""
+    try:
+        return _expected_cached(args, problem)
+    except TypeError:  # a problem that is not hashable
+        return tuple((a.shape_of(problem), a.device_dtype(problem)) for a in args)
+
+
+@functools.lru_cache(maxsize=64)
+def _expected_cached(args, problem) -> tuple:
+    return tuple((a.shape_of(problem), a.device_dtype(problem)) for a in args)
+
+
+def check_arrays(rung, problem, arrays) -> None:
+    """The arrays are the declaration's, in its order: their count, shapes and dtypes (TypeError /
+    ValueError naming the array and what was expected)."""
+    args = rung.args
+    if len(arrays) != len(args):
+        raise TypeError(f"kernel {rung.name!r} takes {len(args)} arrays ({', '.join(a.name for a in args)}), "
+                        f"got {len(arrays)}")
+    for a, (shape, dtype), x in zip(args, _expected(args, problem), arrays):
+        if x.shape != shape and tuple(x.shape) != shape:
+            raise ValueError(f"kernel {rung.name!r}: {a.name} must have shape {shape} "
+                             f"(problem.{a.shape}), got {tuple(x.shape)}")
+        if x.dtype != dtype:
+            raise TypeError(f"kernel {rung.name!r}: {a.name} must be a {dtype} device array, got {x.dtype}")
+
+
+def run(rung, problem, config: dict, *arrays, pool: Pool | None = None) -> Launcher:
+    """Launch a rung on device arrays given in its declaration's order (`rung.args`; config already
+    checked). Returns the launcher's accounts. With a `pool`, scratch memory is reused from the
+    previous call instead of allocated again (a Pool given as one more positional argument after
+    the arrays is taken as the pool too)."""
+    if pool is None and len(arrays) == len(rung.args) + 1 and isinstance(arrays[-1], Pool):
+        *arrays, pool = arrays
+    check_arrays(rung, problem, arrays)
     if pool is not None:
         pool.next = 0
     gpu = Launcher(live=True, pool=pool)
-    rung.module.launch(problem, config, q, k, v, o, lse, gpu)
+    rung.module.launch(problem, config, *arrays, gpu)
     return gpu
 
 

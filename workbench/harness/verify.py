@@ -1,15 +1,28 @@
-"""verify.check: is a rung right on this problem? One rule for every rung, stated here.
+"""verify.check: is a rung right on this problem? One verifier for every kind of rung, stated here.
 
-The procedure (METHOD.md of the device tool):
-1. fresh standard-normal inputs from `seed`, and the float64 NumPy reference on exactly those inputs
+The procedure (METHOD.md of the device tool), the same for forward, backward and decode rungs; the
+rung's declaration (`rung.args`, kernels/contract.py) says which arrays are inputs and outputs:
+1. fresh random inputs from `seed`, and the float64 NumPy reference on exactly those inputs
    (float16 and bfloat16 inputs are upcast exactly, so the reference sees what the kernel sees);
-2. O and LSE poisoned with NaN before each launch, so an element the kernel never writes fails;
+2. every output poisoned with NaN before each launch, so an element the kernel never writes fails
+   (in every launch);
 3. two launches on the same inputs must agree bit for bit (a difference is a race), and the inputs
-   must be bit for bit what they were (a kernel never writes q, k or v);
-4. errors against float64: max-abs, relative Frobenius ‖out − ref‖/‖ref‖, elementwise
-   |out − ref| <= atol + rtol·|ref|; for LSE, masked-out rows must be exactly -inf.
+   must be bit for bit what they were (a kernel never writes an input). A rung that declares
+   `DETERMINISTIC = False` (float atomics) has the difference reported, not failed, and each of its
+   launches is judged against the reference;
+4. errors of each output against float64, with the kind's tolerance (below).
 
-Tolerances (per I/O dtype; accumulation is always float32):
+Inputs, per kind:
+- forward: standard-normal q, k, v (`Problem.make_inputs`);
+- backward: those q, k, v, a standard-normal upstream gradient dO, and O, LSE from the flash2
+  forward on them (as in training);
+- decode: standard-normal q and a paged cache (`DecodeProblem.make_inputs`: physical blocks
+  shuffled, every slot no sequence owns NaN, table entries past each sequence's blocks invalid);
+  the reference runs on the cache gathered back (reference.gather_paged).
+
+Forward and decode tolerances (O and LSE), per I/O dtype; accumulation is always float32. Errors:
+max-abs, relative Frobenius ‖out − ref‖/‖ref‖, elementwise |out − ref| <= atol + rtol·|ref|; for LSE,
+rows that see no key must be exactly -inf.
 - float32: rel-Frobenius <= 2e-5, |err| <= 1e-5 + 1e-4·|ref|, |LSE err| <= 1e-4.
   float32 arithmetic with sums of up to ~10⁴ terms lands near 1e-6; an all-zeros output scores 1.0.
 - float16: rel-Frobenius <= 2e-3, |err| <= 1e-3 + 4e-3·|ref|, |LSE err| <= 1e-3.
@@ -19,19 +32,28 @@ Tolerances (per I/O dtype; accumulation is always float32):
   rounding O alone costs ~u/√3 ≈ 2.3e-3 relative and up to u per element. The float16 rule scaled
   by that 8× gives the O bounds (still ~7× the rounding of O, as float16's are); the inputs are
   exact in the reference, and LSE is float32 arithmetic on exact inputs, so its bound is float16's.
+
+Backward tolerances, per gradient g (dQ, dK, dV) against its float64 reference r
+(reference.attention_backward): relative Frobenius ‖g − r‖/‖r‖ and elementwise
+|g − r| <= atol·rms(r) + rtol·|r| (a gradient's scale is set by dO, not by 1):
+float32 2e-5, 1e-4, 1e-3; float16 2e-3, 5e-3, 2e-2 (dO, O and the gradients are rounded to float16,
+and D = rowsum(dO ∘ O) is taken from the float16 O, as FlashAttention does); bfloat16 8× float16's,
+as for the forward. The Frobenius bounds are the forward's. Measured errors of the rungs and of
+SDPA's own gradients: figures/h100/training-inference-checks.json.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from workbench import dtypes
 from workbench import reference
-from workbench.kernels import get
-from workbench.problem import Problem
+from workbench.kernels import contract, get
+from workbench.problem import DecodeProblem, Problem
 from . import runner
 
 
@@ -50,44 +72,68 @@ TOLERANCE = {
 }
 
 
+@dataclass(frozen=True)
+class GradTolerance:
+    rel_fro: float
+    atol: float  # times the reference's RMS
+    rtol: float
+
+
+GRAD_TOLERANCE = {"float32": GradTolerance(2e-5, 1e-4, 1e-3),
+                  "float16": GradTolerance(2e-3, 5e-3, 2e-2),
+                  "bfloat16": GradTolerance(1.6e-2, 4e-2, 1.6e-1)}
+
+
 @dataclass
 class Report:
     kernel: str
-    problem: Problem
+    problem: Problem | DecodeProblem
     seed: int
-    max_abs: float = float("nan")
-    rel_fro: float = float("nan")
+    max_abs: float = float("nan")  # (backward: the worst gradient's)
+    rel_fro: float = float("nan")  # (backward: the worst gradient's)
     lse_max_abs: float = float("nan")
-    unwritten: int = 0
-    deterministic: bool = True
+    unwritten: int = 0  # output elements still NaN after the first launch
+    deterministic: bool = True  # did every launch agree bit for bit with the first?
     failures: list = field(default_factory=list)
     workspace_bytes: int = 0
     inputs_changed: dict = field(default_factory=dict)  # {"q": elements that changed, ...}
+    kind: str = "forward"  # the rung's kind: "forward", "backward" or "decode"
+    errors: dict = field(default_factory=dict)  # per output: {"rel_fro", "max_abs"}
+    bitwise_required: bool = True  # False for a rung that declares DETERMINISTIC = False
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
     @property
-    def tolerance(self) -> Tolerance:
-        return TOLERANCE[self.problem.dtype]
+    def tolerance(self) -> Tolerance | GradTolerance:
+        return (GRAD_TOLERANCE if self.kind == "backward" else TOLERANCE)[self.problem.dtype]
 
     def as_dict(self) -> dict:
-        return {
-            "kernel": self.kernel, "problem": self.problem.describe(), "seed": self.seed,
-            "passed": self.passed, "max_abs": self.max_abs, "rel_fro": self.rel_fro,
-            "lse_max_abs": self.lse_max_abs, "unwritten": self.unwritten,
-            "deterministic": self.deterministic, "inputs_changed": dict(self.inputs_changed),
-            "failures": list(self.failures),
-            "tolerance": vars(self.tolerance),
-        }
+        d = {"kernel": self.kernel, "problem": self.problem.describe(), "seed": self.seed,
+             "passed": self.passed}
+        if self.kind != "backward":  # (a backward's errors are per gradient, in "errors" only)
+            d.update(max_abs=self.max_abs, rel_fro=self.rel_fro, lse_max_abs=self.lse_max_abs)
+        d.update({"errors": dict(self.errors), "unwritten": self.unwritten,
+                  "deterministic": self.deterministic, "bitwise_required": self.bitwise_required,
+                  "inputs_changed": dict(self.inputs_changed), "failures": list(self.failures),
+                  "tolerance": vars(self.tolerance), "kind": self.kind})
+        return d
 
     def __str__(self) -> str:
         verdict = "PASS" if self.passed else "FAIL: " + "; ".join(self.failures)
+        if not self.bitwise_required and not self.deterministic:
+            verdict += " (launches differ bitwise: the rung declares DETERMINISTIC = False)"
+        if self.kind == "backward":
+            errs = " ".join(f"{n}:{e['rel_fro']:.1e}" for n, e in self.errors.items())
+            return f"{self.kernel} [{self.problem.describe()}] rel_fro {errs} {verdict}"
         return (f"{self.kernel} [{self.problem.describe()}] rel_fro={self.rel_fro:.2e} "
                 f"max_abs={self.max_abs:.2e} lse={self.lse_max_abs:.2e} {verdict}")
 
 
+# --------------------------------------------------------------------------------------------------
+# Errors against float64
+# --------------------------------------------------------------------------------------------------
 def compare(report: Report, out, lse, ref_o, ref_lse) -> Report:
     """Fill `report` with the errors of (out, lse) against the float64 (ref_o, ref_lse)."""
     tol = report.tolerance
@@ -106,6 +152,7 @@ def compare(report: Report, out, lse, ref_o, ref_lse) -> Report:
     norm = float(np.linalg.norm(ref_o))
     diff = float(np.linalg.norm(err)) if np.isfinite(err).all() else float("inf")
     report.rel_fro = diff / norm if norm > 0 else diff
+    report.errors["o"] = {"rel_fro": report.rel_fro, "max_abs": report.max_abs}
     if not report.rel_fro <= tol.rel_fro:
         report.failures.append(f"relative Frobenius error {report.rel_fro:.2e} > {tol.rel_fro:.0e}")
     bad = err > tol.atol + tol.rtol * np.abs(ref_o)
@@ -125,6 +172,9 @@ def compare(report: Report, out, lse, ref_o, ref_lse) -> Report:
             lerr = np.abs(np.where(finite, lse - ref_lse, 0.0))
         lerr = np.where(np.isnan(lerr), np.inf, lerr)
         report.lse_max_abs = float(lerr.max()) if lerr.size else 0.0
+        norm = float(np.linalg.norm(np.where(finite, ref_lse, 0.0)))  # (reported, not judged)
+        diff = float(np.linalg.norm(lerr)) if np.isfinite(lerr).all() else float("inf")
+        report.errors["lse"] = {"rel_fro": diff / norm if norm > 0 else diff, "max_abs": report.lse_max_abs}
         if report.lse_max_abs > tol.lse_atol:
             report.failures.append(f"LSE max error {report.lse_max_abs:.2e} > {tol.lse_atol:.0e}")
         masked_wrong = int((~finite & ~(np.isneginf(lse))).sum())
@@ -133,13 +183,39 @@ def compare(report: Report, out, lse, ref_o, ref_lse) -> Report:
     return report
 
 
-def _poisoned(shape, dtype):
-    """A device array of NaN in I/O dtype `dtype` (bfloat16: NaN's bits, as the rung sees them)."""
-    from numba import cuda
+def compare_gradients(report: Report, got: dict, ref: dict) -> Report:
+    """Judge each gradient in `got` (name -> array) against float64 `ref` with the dtype's rule
+    (`report.kind` must be "backward")."""
+    tol = report.tolerance
+    for name, r in ref.items():
+        g = np.asarray(got[name], dtype=np.float64)
+        if g.shape != r.shape:
+            report.failures.append(f"{name}: shape {g.shape} != expected {r.shape}")
+            continue
+        err = np.abs(g - r)
+        err = np.where(np.isnan(err), np.inf, err)
+        norm = float(np.linalg.norm(r))
+        diff = float(np.linalg.norm(err)) if np.isfinite(err).all() else float("inf")
+        rel = diff / norm if norm > 0 else diff
+        report.errors[name] = {"rel_fro": rel, "max_abs": float(err.max())}
+        if not rel <= tol.rel_fro:
+            report.failures.append(f"{name}: relative Frobenius error {rel:.2e} > {tol.rel_fro:.0e}")
+        rms = norm / np.sqrt(r.size)
+        bad = err > tol.atol * rms + tol.rtol * np.abs(r)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            report.failures.append(f"{name}: {int(bad.sum())} elements off by more than "
+                                   f"{tol.atol:.0e}·rms + {tol.rtol:.0e}·|ref| (first at {first}: "
+                                   f"{g[first]!r} vs {r[first]!r})")
+    if report.errors:
+        report.rel_fro = max(e["rel_fro"] for e in report.errors.values())
+        report.max_abs = max(e["max_abs"] for e in report.errors.values())
+    return report
 
-    return cuda.to_device(dtypes.to_bits(np.full(shape, np.nan, dtype=dtypes.host_dtype(dtype))))
 
-
+# --------------------------------------------------------------------------------------------------
+# Forward: sampled (batch, head) pairs and query rows, for problems too large for a full reference
+# --------------------------------------------------------------------------------------------------
 def sampled_reference(problem: Problem, q, k, v, pairs, rows=None):
     """The float64 reference for the (batch, head) pairs listed, stacked as (len(pairs), 1, Nq, D)
     (or only the query `rows` given: (len(pairs), 1, len(rows), D))."""
@@ -154,14 +230,18 @@ def sampled_reference(problem: Problem, q, k, v, pairs, rows=None):
     return np.stack(outs), np.stack(lses)
 
 
-def sample_pairs(problem: Problem, heads: int | None, seed: int):
-    """All (batch, head) pairs, or `heads` of them: the first, the last and random ones between."""
-    pairs = [(b, h) for b in range(problem.batch) for h in range(problem.heads)]
-    if heads is None or heads >= len(pairs):
+def _pick_pairs(pairs, count: int | None, seed: int):
+    """All pairs, or `count` of them: the first, the last and random ones between."""
+    if count is None or count >= len(pairs):
         return pairs
     rng = np.random.default_rng(seed + 1)
-    middle = rng.choice(np.arange(1, len(pairs) - 1), size=max(0, heads - 2), replace=False)
+    middle = rng.choice(np.arange(1, len(pairs) - 1), size=max(0, count - 2), replace=False)
     return [pairs[0]] + [pairs[i] for i in sorted(middle)] + [pairs[-1]]
+
+
+def sample_pairs(problem: Problem, heads: int | None, seed: int):
+    """All (batch, head) pairs, or `heads` of them: the first, the last and random ones between."""
+    return _pick_pairs([(b, h) for b in range(problem.batch) for h in range(problem.heads)], heads, seed)
 
 
 def sample_rows(problem: Problem, rows: int | None, seed: int):
@@ -197,29 +277,168 @@ def compare_sampled(report: Report, out, lse, pairs, ref_o, ref_lse, rows=None) 
     return compare(report, out, lse, ref_o, ref_lse)
 
 
-def check(kernel, problem: Problem, seed: int = 0, config=None, heads: int | None = None,
-          rows: int | None = None) -> Report:
-    """Run `kernel` twice on fresh inputs and judge it against float64 (see the module docstring).
+# --------------------------------------------------------------------------------------------------
+# Backward: inputs (O, LSE from the flash2 forward), sampled key/value heads, float64 gradients
+# --------------------------------------------------------------------------------------------------
+def make_grad_inputs(problem: Problem, seed: int):
+    """q, k, v and a standard-normal upstream gradient dO, in the problem's dtype."""
+    q, k, v = problem.make_inputs(seed)
+    do = np.random.default_rng(seed + 7).standard_normal(problem.q_shape, dtype=np.float32)
+    return q, k, v, do.astype(dtypes.host_dtype(problem.dtype))
 
-    heads, rows: compare only this many (batch, head) pairs, and this many query rows of each, with
-    the float64 reference (for problems too large for a NumPy reference of everything); unwritten
-    elements and determinism are still checked over the whole output.
-    """
+
+def forward_outputs(problem: Problem, q, k, v, kernel="flash2"):
+    """Host copies of O and LSE from the forward rung `kernel` on host q, k, v (what a training
+    step's backward receives)."""
+    from numba import cuda
+
     rung = get(kernel)
-    cfg = runner.check_config(rung, problem, config)
-    q, k, v, pairs, ref_o, ref_lse = truth(problem, seed, heads, rows)
-    launched = launch_poisoned(rung, problem, cfg, q, k, v)
-    return judge(Report(rung.name, problem, seed), launched, pairs, ref_o, ref_lse,
-                 sample_rows(problem, rows, seed))
+    cfg = runner.check_config(rung, problem)
+    dev = [cuda.to_device(dtypes.to_bits(np.ascontiguousarray(x))) for x in (q, k, v)]
+    o_arg, lse_arg = contract.outputs(rung.args)
+    o = cuda.device_array(o_arg.shape_of(problem), o_arg.device_dtype(problem))
+    lse = cuda.device_array(lse_arg.shape_of(problem), lse_arg.device_dtype(problem))
+    runner.run(rung, problem, cfg, *dev, o, lse)
+    cuda.synchronize()
+    return dtypes.from_bits(o.copy_to_host(), problem.dtype), lse.copy_to_host()
+
+
+def backward_inputs(problem: Problem, seed: int) -> dict:
+    """Every input of a backward rung: q, k, v, dO (make_grad_inputs) and O, LSE of the flash2
+    forward on them."""
+    q, k, v, do = make_grad_inputs(problem, seed)
+    o, lse = forward_outputs(problem, q, k, v)
+    return {"q": q, "k": k, "v": v, "o": o, "lse": lse, "do": do}
+
+
+def sample_kv_heads(problem: Problem, heads: int | None, seed: int):
+    """(batch, kv head) pairs to check against float64: all, or the first, the last and random
+    ones between (a kv head's dK/dV needs every query head of its group)."""
+    return _pick_pairs([(b, hk) for b in range(problem.batch) for hk in range(problem.kv_heads)],
+                       heads, seed)
+
+
+def sampled_gradients(problem: Problem, q, k, v, do, pairs) -> dict:
+    """Float64 (dQ of the group's heads, dK, dV) for each (batch, kv head) pair, stacked."""
+    g = problem.group
+    out = {"dq": [], "dk": [], "dv": []}
+    for b, hk in pairs:
+        hs = slice(hk * g, (hk + 1) * g)
+        dq, dk, dv = reference.attention_backward(
+            q[b:b + 1, hs], k[b:b + 1, hk:hk + 1], v[b:b + 1, hk:hk + 1], do[b:b + 1, hs],
+            causal=problem.causal, window=problem.window, scale=problem.scale)
+        out["dq"].append(dq[0])
+        out["dk"].append(dk[0])
+        out["dv"].append(dv[0])
+    return {n: np.stack(x) for n, x in out.items()}
+
+
+def pick_gradients(problem: Problem, grads: dict, pairs) -> dict:
+    """The sampled pairs' slices of full (dq, dk, dv), shaped like `sampled_gradients`'."""
+    g = problem.group
+    return {"dq": np.stack([grads["dq"][b, hk * g:(hk + 1) * g] for b, hk in pairs]),
+            "dk": np.stack([grads["dk"][b, hk:hk + 1] for b, hk in pairs]),
+            "dv": np.stack([grads["dv"][b, hk:hk + 1] for b, hk in pairs])}
+
+
+# --------------------------------------------------------------------------------------------------
+# Decode: the reference on the gathered cache
+# --------------------------------------------------------------------------------------------------
+def reference_decode(problem: DecodeProblem, q, k_cache, v_cache, table, seq_lens):
+    """Float64 O, LSE on the gathered cache, one sequence at a time (each has its own length)."""
+    o = np.zeros(problem.q_shape)
+    lse = np.zeros(problem.lse_shape)
+    for b, n in enumerate(seq_lens):
+        kb = reference.gather_paged(k_cache, table[b:b + 1], seq_lens[b:b + 1])
+        vb = reference.gather_paged(v_cache, table[b:b + 1], seq_lens[b:b + 1])
+        o[b:b + 1], lse[b:b + 1] = reference.attention(q[b:b + 1], kb, vb, causal=problem.causal,
+                                                       window=problem.window, scale=problem.scale)
+    return o, lse
+
+
+# --------------------------------------------------------------------------------------------------
+# One check for every kind
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Truth:
+    """A rung's inputs for one seed and the judge of one launch's outputs against float64."""
+
+    inputs: dict  # name -> host array, every "in" array of the rung's kind
+    judge: Callable[[Report, dict], Report]  # (report, {output name: host array}) -> report
+
+
+def make_inputs(rung, problem, seed: int) -> dict:
+    """Fresh host inputs of a rung's kind for `seed`, by name (see the module docstring)."""
+    if rung.kind == "forward":
+        return dict(zip("qkv", problem.make_inputs(seed)))
+    if rung.kind == "backward":
+        return backward_inputs(problem, seed)
+    if rung.kind == "decode":
+        return dict(zip([a.name for a in contract.inputs(contract.DECODE)], problem.make_inputs(seed)))
+    raise ValueError(f"rung {rung.name!r} has unknown kind {rung.kind!r}")
+
+
+def truth_for(rung, problem, seed: int, heads: int | None = None, rows: int | None = None) -> Truth:
+    """Inputs and reference for a rung of any kind (heads: sample this many (batch, head) pairs,
+    for backward (batch, kv head) pairs; rows: this many query rows, forward only)."""
+    if rung.kind == "forward":
+        q, k, v, pairs, ref_o, ref_lse = truth(problem, seed, heads, rows)
+        picked = sample_rows(problem, rows, seed)
+        return Truth({"q": q, "k": k, "v": v},
+                     lambda rep, out: compare_sampled(rep, out["o"], out["lse"], pairs, ref_o, ref_lse, picked))
+    if rows is not None:
+        raise ValueError(f"rows: only forward rungs are checked on sampled query rows, not {rung.kind} "
+                         f"rung {rung.name!r}")
+    if rung.kind == "backward":
+        ins = make_inputs(rung, problem, seed)
+        pairs = sample_kv_heads(problem, heads, seed)
+        ref = sampled_gradients(problem, ins["q"], ins["k"], ins["v"], ins["do"], pairs)
+        return Truth(ins, lambda rep, out: compare_gradients(rep, pick_gradients(problem, out, pairs), ref))
+    if rung.kind == "decode":
+        if heads is not None:
+            raise ValueError(f"heads: decode rung {rung.name!r} is checked on every head")
+        ins = make_inputs(rung, problem, seed)
+        ref_o, ref_lse = reference_decode(problem, *ins.values())
+        return Truth(ins, lambda rep, out: compare(rep, out["o"], out["lse"], ref_o, ref_lse))
+    raise ValueError(f"rung {rung.name!r} has unknown kind {rung.kind!r}")
+
+
+def check(kernel, problem, seed: int = 0, config=None, heads: int | None = None,
+          rows: int | None = None) -> Report:
+    """Run `kernel` (a rung of any kind, or its name) twice on fresh inputs and judge it against
+    float64 (see the module docstring).
+
+    heads, rows: compare only this many (batch, head) pairs — for a backward rung (batch, kv head)
+    pairs — and this many query rows of each (forward only), with the float64 reference (for
+    problems too large for a NumPy reference of everything); unwritten elements and determinism
+    are still checked over the whole output.
+    """
+    rung = get(kernel, kind=None)
+    cfg = runner.check_config(rung, problem, config)  # before any input is made or launch runs
+    truth_ = truth_for(rung, problem, seed, heads, rows)
+    try:
+        inputs = [truth_.inputs[a.name] for a in contract.inputs(rung.args)]
+    except KeyError as exc:
+        raise ValueError(f"kernel {rung.name!r} declares an input {exc.args[0]!r} that the verifier "
+                         f"does not make for a {rung.kind} rung (it makes {sorted(truth_.inputs)})") from None
+    launched = launch_poisoned(rung, problem, cfg, *inputs)
+    report = Report(rung.name, problem, seed, kind=rung.kind)
+    return judge_outputs(report, launched, truth_.judge, bitwise=deterministic(rung))
+
+
+def deterministic(rung) -> bool:
+    """Must the rung's launches repeat bit for bit? (False where its module says DETERMINISTIC = False.)"""
+    return bool(getattr(rung.module, "DETERMINISTIC", True))
 
 
 @dataclass
 class Launches:
     """What a rung wrote in repeated launches on one set of inputs (host copies)."""
 
-    outputs: list  # [(o, lse), ...]: one pair per launch, each poisoned with NaN before it
+    outputs: list  # one tuple per launch, in the declaration's output order (forward: (o, lse))
     inputs_changed: dict = field(default_factory=dict)  # {"q": (elements changed, size), ...}
     workspace_bytes: int = 0
+    names: tuple = ("o", "lse")  # the outputs' names
 
 
 def changed_elements(device_array, host_array) -> int:
@@ -229,49 +448,101 @@ def changed_elements(device_array, host_array) -> int:
     return int(np.count_nonzero(now.view(bits) != host_array.view(bits)))
 
 
-def launch_poisoned(rung, problem: Problem, cfg: dict, q, k, v, launches: int = 2) -> Launches:
+def _poison(dtype: np.dtype):
+    """What an output is filled with before a launch: NaN, or the smallest integer."""
+    return np.nan if np.issubdtype(dtype, np.floating) or dtype == dtypes.BFLOAT16 else np.iinfo(dtype).min
+
+
+def _unwritten(host) -> int:
+    """Elements of a host copy still holding the poison."""
+    if np.issubdtype(host.dtype, np.integer):
+        return int(np.count_nonzero(host == np.iinfo(host.dtype).min))
+    return int(np.isnan(host.astype(np.float32) if host.dtype == dtypes.BFLOAT16 else host).sum())
+
+
+def launch_poisoned(rung, problem, cfg: dict, *inputs, launches: int = 2) -> Launches:
     """Launch `rung` (config already checked) `launches` times on device copies of the host
-    arrays q, k, v, with O and LSE poisoned with NaN before each launch; then count the input
-    elements the launches changed. `rung` may be any Rung, e.g. one whose module was loaded from a
-    file."""
+    `inputs` (the rung's "in" arrays, in declaration order; forward: q, k, v), with every output
+    poisoned before each launch; then count the input elements the launches changed. `rung` may be
+    any Rung, e.g. one whose module was loaded from a file."""
     from numba import cuda
 
-    dq, dk, dv = (cuda.to_device(dtypes.to_bits(x)) for x in (q, k, v))
-    result = Launches(outputs=[])
+    args = rung.args
+    ins, outs = contract.inputs(args), contract.outputs(args)
+    if len(inputs) != len(ins):
+        raise TypeError(f"kernel {rung.name!r} takes inputs ({', '.join(a.name for a in ins)}), "
+                        f"got {len(inputs)} arrays")
+    host_in = [np.ascontiguousarray(x) for x in inputs]
+    dev_in = {a.name: cuda.to_device(dtypes.to_bits(x)) for a, x in zip(ins, host_in)}
+    result = Launches(outputs=[], names=tuple(a.name for a in outs))
     for _ in range(launches):
-        do = _poisoned(problem.q_shape, problem.dtype)
-        dlse = _poisoned(problem.lse_shape, np.float32)
-        ran = runner.run(rung, problem, cfg, dq, dk, dv, do, dlse)
+        dev_out = {}
+        for a in outs:
+            dt = a.host_dtype(problem)
+            dev_out[a.name] = cuda.to_device(dtypes.to_bits(np.full(a.shape_of(problem), _poison(dt), dt)))
+        arrays = [dev_out[a.name] if a.is_output else dev_in[a.name] for a in args]
+        ran = runner.run(rung, problem, cfg, *arrays)
         cuda.synchronize()
-        result.outputs.append((dtypes.from_bits(do.copy_to_host(), problem.dtype), dlse.copy_to_host()))
+        result.outputs.append(tuple(dtypes.from_bits(dev_out[a.name].copy_to_host(), problem.dtype)
+                                    if a.dtype == "io" else dev_out[a.name].copy_to_host() for a in outs))
         result.workspace_bytes = ran.workspace_bytes
-        del do, dlse, ran  # the next launch gets fresh scratch, not this one's (nor room for both)
+        del dev_out, arrays, ran  # the next launch gets fresh scratch, not this one's (nor room for both)
         runner.release_memory()
-    for name, d, x in (("q", dq, q), ("k", dk, k), ("v", dv, v)):
-        changed = changed_elements(d, x)
+    for a, x in zip(ins, host_in):
+        changed = changed_elements(dev_in[a.name], dtypes.to_bits(x))
         if changed:
-            result.inputs_changed[name] = (changed, x.size)
+            result.inputs_changed[a.name] = (changed, x.size)
     return result
 
 
-def judge(report: Report, launched: Launches, pairs, ref_o, ref_lse, rows=None) -> Report:
-    """Fill `report` from `launched`: inputs untouched, every launch bitwise equal to the first,
-    nothing left NaN in O or LSE, and the first launch's errors against the float64 reference on
-    the sampled (batch, head) pairs and rows."""
-    (o1, l1), later = launched.outputs[0], launched.outputs[1:]
+_WHAT = {"o": "output elements", "lse": "LSE values"}  # how the failures name the forward's outputs
+
+
+def judge_launches(report: Report, launched: Launches, bitwise: bool = True) -> Report:
+    """The rules that need no reference: inputs untouched, nothing left poisoned in any launch,
+    and (unless `bitwise` is False) every launch bitwise equal to the first."""
+    first, later = launched.outputs[0], launched.outputs[1:]
     report.workspace_bytes = launched.workspace_bytes
     report.inputs_changed = {name: int(n) for name, (n, _) in launched.inputs_changed.items()}
     for name, (n, size) in launched.inputs_changed.items():
         report.failures.append(f"the kernel wrote its input {name}: {n} of {size} elements changed "
-                               f"(a kernel must leave q, k and v as it found them)")
-    report.deterministic = all(o.tobytes() == o1.tobytes() and l.tobytes() == l1.tobytes()
-                               for o, l in later)
-    if not report.deterministic:
+                               f"(a kernel must leave its inputs as it found them)")
+    report.bitwise_required = bitwise
+    report.deterministic = all(x.tobytes() == y.tobytes() for out in later for x, y in zip(out, first))
+    if bitwise and not report.deterministic:
         report.failures.append("two launches on the same inputs differ bitwise (a race?)")
-    report.unwritten = int(np.isnan(o1).sum())
-    if report.unwritten:
-        report.failures.append(f"{report.unwritten} of {o1.size} output elements are NaN (never written?)")
-    lse_unwritten = int(np.isnan(l1).sum())
-    if lse_unwritten:
-        report.failures.append(f"{lse_unwritten} of {l1.size} LSE values are NaN (never written?)")
-    return compare_sampled(report, o1, l1, pairs, ref_o, ref_lse, rows)
+    report.unwritten = 0
+    for i, out in enumerate(launched.outputs):
+        for name, x in zip(launched.names, out):
+            n = _unwritten(x)
+            if i == 0:
+                report.unwritten += n
+            if n and (i == 0 or not bitwise):  # (bitwise: a later launch's NaN is a difference too)
+                where = "" if i == 0 else f"launch {i + 1}: "
+                report.failures.append(f"{where}{n} of {x.size} {_WHAT.get(name, name + ' elements')} "
+                                       f"are NaN (never written?)")
+    return report
+
+
+def judge_outputs(report: Report, launched: Launches, judge: Callable[[Report, dict], Report],
+                  bitwise: bool = True) -> Report:
+    """judge_launches, then the first launch's outputs against float64 with `judge`; without the
+    bitwise rule, every later launch is judged against float64 too (its failures prefixed)."""
+    judge_launches(report, launched, bitwise)
+    outs = [dict(zip(launched.names, out)) for out in launched.outputs]
+    judge(report, outs[0])
+    if not bitwise:
+        for i, out in enumerate(outs[1:], start=2):
+            again = Report(report.kernel, report.problem, report.seed, kind=report.kind,
+                           unwritten=sum(_unwritten(x) for x in out.values()))  # (reported above)
+            judge(again, out)
+            report.failures += [f"launch {i}: {f}" for f in again.failures]
+    return report
+
+
+def judge(report: Report, launched: Launches, pairs, ref_o, ref_lse, rows=None, bitwise: bool = True) -> Report:
+    """A forward rung's launches (outputs (o, lse)): judge_launches, then the first launch's errors
+    against the float64 reference on the sampled (batch, head) pairs and rows."""
+    return judge_outputs(report, launched,
+                         lambda rep, out: compare_sampled(rep, out["o"], out["lse"], pairs, ref_o, ref_lse, rows),
+                         bitwise)

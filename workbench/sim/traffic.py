@@ -290,29 +290,34 @@ class Traffic:
 
 
 def traffic(kernel, problem, config=None, seed: int = 0) -> Traffic:
-    """Run rung `kernel` once on `problem` in the simulator and count its memory traffic.
-    `config` overrides the rung's (simulator) tiles, as in `workbench.attention`."""
+    """Run rung `kernel` (of any kind) once on `problem` in the simulator and count its memory
+    traffic. `config` overrides the rung's (simulator) tiles, as in `workbench.attention`. The
+    arrays are the rung's declaration (`rung.args`), labelled by their names in capitals ("Q",
+    "K", "V", "O", "LSE"; "DQ", "K_CACHE", ...), the inputs the verifier's for `seed`."""
     from dataclasses import asdict
 
-    from workbench.harness import device, runner
+    from workbench import dtypes
+    from workbench.harness import device, runner, verify
     from workbench.kernels import get
 
     if not device.simulator():
         raise RuntimeError("workbench.traffic counts in Numba's CUDA simulator only; on a GPU use a "
                            "profiler (Nsight Compute). Run with NUMBA_ENABLE_CUDASIM=1.")
-    rung = get(kernel)
+    rung = get(kernel, kind=None)
     cfg = runner.check_config(rung, problem, config)
     from numba import cuda
 
-    q, k, v = (cuda.to_device(x) for x in problem.make_inputs(seed))
-    o = cuda.device_array(problem.q_shape, problem.dtype)
-    lse = cuda.device_array(problem.lse_shape, np.float32)
+    inputs = verify.make_inputs(rung, problem, seed)
+    arrays = [cuda.device_array(a.shape_of(problem), a.device_dtype(problem)) if a.is_output
+              else cuda.to_device(dtypes.to_bits(np.ascontiguousarray(inputs[a.name]))) for a in rung.args]
     with counting() as rec:
-        for name, arr in (("Q", q), ("K", k), ("V", v), ("O", o), ("LSE", lse)):
-            rec.label(arr, name)
-        runner.run(rung, problem, cfg, q, k, v, o, lse)
-    if not np.isfinite(o.copy_to_host()).all():
-        raise RuntimeError(f"{rung.name} left non-finite values in O while counting: a bug")
+        for a, arr in zip(rung.args, arrays):
+            rec.label(arr, a.name.upper())
+        runner.run(rung, problem, cfg, *arrays)
+    for a, arr in zip(rung.args, arrays):
+        if a.is_output and a.dtype == "io":  # (LSE may be -inf: rows that see no key)
+            if not np.isfinite(dtypes.from_bits(arr.copy_to_host(), problem.dtype).astype(np.float32)).all():
+                raise RuntimeError(f"{rung.name} left non-finite values in {a.name} while counting: a bug")
     return Traffic(rung.name, asdict(problem), cfg, rec.launches)
 
 
