@@ -46,7 +46,7 @@ from workbench.harness import runner, verify
 from workbench.kernels import get as get_rung
 from workbench.bench.suites_training import free_torch
 
-DECODE = get_rung("decode", "decode")
+DECODE = get_rung("paged_decode", "decode")
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "out-training-inference"
 os.makedirs(OUT, exist_ok=True)

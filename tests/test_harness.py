@@ -239,7 +239,7 @@ def test_sampled_rows_keep_both_edges_and_are_judged_exactly():
 # --------------------------------------------------------------------------------------------------
 from workbench import kernels  # noqa: E402
 from workbench.kernels import contract, flash2_bwd  # noqa: E402
-from workbench.kernels import decode as decode_rung  # noqa: E402
+from workbench.kernels import paged_decode as decode_rung  # noqa: E402
 from workbench.kernels.contract import Arg  # noqa: E402
 from workbench.problem import DecodeProblem  # noqa: E402
 
@@ -270,13 +270,13 @@ def test_every_rung_declares_its_arrays_as_its_launch_takes_them():
         for a in rung.args:
             assert len(a.shape_of(problems[rung.kind])) >= 1 and a.device_dtype(problems[rung.kind])
     assert [r.name for r in kernels.BACKWARD][:1] == ["flash2_bwd"]
-    assert [r.name for r in kernels.DECODE][:1] == ["decode"]
+    assert [r.name for r in kernels.DECODE][:1] == ["paged_decode"]
     assert runner.Needs is contract.Needs  # rungs may import Needs from either place
 
 
 def test_get_looks_in_the_kind_asked():
     assert kernels.get("flash2_bwd", kind=None).kind == "backward"
-    assert kernels.get("decode", kind="decode").kind == "decode"
+    assert kernels.get("paged_decode", kind="decode").kind == "decode"
     with pytest.raises(ValueError, match="unknown kernel 'flash2_bwd'"):
         kernels.get("flash2_bwd")  # the forward ladder by default (workbench.attention's choice)
     with pytest.raises(ValueError, match="unknown decode kernel 'flash2'"):
@@ -287,9 +287,9 @@ def test_plan_of_every_kind_from_the_declaration():
     bwd = kernels.get("flash2_bwd", kind="backward")
     launches = runner.plan(bwd, BWD_P, runner.check_config(bwd, BWD_P))
     assert [l.name for l in launches] == ["bwd_prep", "bwd_dkdv", "bwd_dq"]
-    dec = kernels.get("decode", kind="decode")
+    dec = kernels.get("paged_decode", kind="decode")
     launches = runner.plan(dec, DEC_P, runner.check_config(dec, DEC_P))
-    assert [l.name for l in launches] == ["decode_split", "decode_combine"]
+    assert [l.name for l in launches][:1] == ["paged_decode_split"]  # (combine only with splits)
     assert runner.declared_bytes(kernels.get("flash2"), BWD_P) == BWD_P.io_bytes()
     q_bytes, kv_bytes = (4 * int(np.prod(s)) for s in (BWD_P.q_shape, BWD_P.kv_shape))
     assert runner.declared_bytes(bwd, BWD_P) == BWD_P.io_bytes() + 2 * q_bytes + 2 * kv_bytes  # dO, dQ; dK, dV
@@ -415,7 +415,7 @@ def test_an_output_left_unwritten_fails_for_every_kind(kind, bitwise):
 
 @pytest.mark.parametrize("kind", ["backward", "decode"])
 def test_the_real_rungs_of_each_kind_pass_the_same_verifier(kind):
-    name, problem = {"backward": ("flash2_bwd", BWD_P), "decode": ("decode", DEC_P)}[kind]
+    name, problem = {"backward": ("flash2_bwd", BWD_P), "decode": ("paged_decode", DEC_P)}[kind]
     report = verify.check(name, problem, seed=6)
     assert report.passed and report.kind == kind and report.deterministic, str(report)
     assert not report.inputs_changed  # q, k, v, o, lse, do / q, caches (NaN slots too), table, lens
@@ -426,7 +426,7 @@ def test_the_real_rungs_of_each_kind_pass_the_same_verifier(kind):
 def test_traffic_counts_any_kind_by_its_declared_names():
     from workbench.sim.traffic import traffic
 
-    arrays = traffic("decode", DEC_P).by_array()
+    arrays = traffic("paged_decode", DEC_P).by_array()
     assert {"Q", "K_CACHE", "V_CACHE", "BLOCK_TABLE", "SEQ_LENS", "O", "LSE"} <= set(arrays)
     assert arrays["O"][1] == 4 * int(np.prod(DEC_P.q_shape))  # O written once (float32)
     assert arrays["K_CACHE"][0] > 0 and arrays["K_CACHE"][1] == 0

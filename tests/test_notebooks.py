@@ -161,7 +161,7 @@ MODULES = {
     "timing": "workbench.harness.timing", "common": "workbench.kernels.common", "fp8": "workbench.demos.fp8",
     "Problem": "workbench.problem.Problem", "DecodeProblem": "workbench.problem.DecodeProblem",
     **{r: f"workbench.kernels.{r}" for r in ("naive", "tiled", "online", "flash1", "flash2", "flash2_mma",
-                                            "flash2_bwd", "flash2_mma_bwd", "decode", "paged_decode", "tiles")},
+                                            "flash2_bwd", "flash2_mma_bwd", "paged_decode", "tiles")},
 }
 NAME = re.compile(r"(?<![\w/.-])(" + "|".join(MODULES) + r")((?:\.[A-Za-z_]\w*)+)(?!\w)")
 FILE_SUFFIXES = (".py", ".json", ".cu", ".png", ".csv")  # `tiles.py` is a file, not an attribute

@@ -121,7 +121,7 @@ def validate(q, k_cache, v_cache, block_table, seq_lens, causal=True, window=Non
 
 
 def decode(q, k_cache, v_cache, block_table, seq_lens, *, causal=True, window=None, scale=None,
-           config=None, return_lse=False, kernel="decode"):
+           config=None, return_lse=False, kernel="paged_decode"):
     """Attention of q's new tokens over their sequences' paged caches (see the module docstring).
     Returns O shaped like q (and LSE (B, H, Nq) float32 with return_lse=True), of q's kind."""
     rung = get(kernel, kind="decode")
@@ -165,7 +165,7 @@ def make_decode_inputs(problem: DecodeProblem, seed: int, **paged):
     return problem.make_inputs(seed, **paged)
 
 
-def check_decode(problem: DecodeProblem, seed: int = 0, config=None, kernel="decode") -> verify.Report:
+def check_decode(problem: DecodeProblem, seed: int = 0, config=None, kernel="paged_decode") -> verify.Report:
     """`verify.check` of a decode rung: two launches (outputs poisoned), O and LSE against float64
     on the gathered cache."""
     return verify.check(get(kernel, kind="decode"), problem, seed=seed, config=config)

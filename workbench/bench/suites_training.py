@@ -45,7 +45,7 @@ from workbench.kernels import get as get_rung
 from workbench.problem import Problem
 
 BWD = get_rung("flash2_bwd", "backward")  # our backward and decode rungs in these suites
-DECODE = get_rung("decode", "decode")
+DECODE = get_rung("paged_decode", "decode")
 
 try:
     import torch

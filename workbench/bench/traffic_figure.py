@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from workbench.sim.traffic import fa1_bounds, flash1_shared_elements, sweep  # noqa: F401

@@ -18,7 +18,7 @@ For each batch size B and prompt length N (a random prompt):
    N + T tokens (a "static" cache, written in place each step).
 2. Generation: T tokens per sequence, greedily (argmax), one token per step through all 12 layers.
    Each step writes the new token's K and V into its cache and attends: (a) `decode`: our decode rung
-   (workbench/kernels/decode.py, split-KV over the paged cache, launched through the harness's runner
+   (workbench/kernels/paged_decode.py, split-KV over the paged cache, launched through the harness's runner
    with the problem and config checked once per run), (b) `sdpa`: torch SDPA with its flash backend forced
    over the contiguous cache. Everything else in the model is the same torch code.
 3. Measured: tokens/s = B·T / (wall time of the generation loop, CUDA-synchronised before and after;

@@ -18,7 +18,7 @@ from .contract import SIGNATURES
 _ORDER = {
     "forward": ("naive", "tiled", "online", "flash1", "flash2", "flash2_mma"),
     "backward": ("flash2_bwd", "flash2_mma_bwd"),
-    "decode": ("decode", "paged_decode"),
+    "decode": ("paged_decode",),
 }
 KINDS = tuple(_ORDER)
 

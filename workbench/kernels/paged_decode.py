@@ -3,8 +3,8 @@
 A decode step is one (or a few) new query tokens per sequence against a cache of thousands of
 keys. Every cached K and V byte is read once and used for a handful of multiply-adds, so the step
 is bound by memory bandwidth: its floor is the cache's bytes over HBM's bandwidth. The algorithm
-is the decode rung's (kernels/decode.py); what changes is how the work and the bytes are laid out
-so that the GPU actually reaches that floor.
+is flash-decoding's; the lesson is in how the work and the bytes are laid out so that the GPU
+actually reaches that floor.
 
 The algorithm (flash-decoding, as FlashAttention's `flash_attn_with_kvcache`):
 1. Split the keys. With Nq = 1 there are only B·Hkv (key/value head) problems, often fewer than
@@ -74,6 +74,7 @@ from numba import cuda, float32, int32, uint32
 
 from .common import load_f32, to_io
 from .warp import FULL_MASK, segment_max, segment_sum
+from .contract import DECODE, Needs
 
 LESSON = ("flash-decoding at HBM speed: splits sized to the GPU, 16-byte row loads through a "
           "prefetched block table, one LSE merge per split")
@@ -104,8 +105,8 @@ LOG2E = np.float32(math.log2(math.e))
 # the same in NumPy.
 if numba_config.ENABLE_CUDASIM:
     def load_vec4(words, i):
-        flat = words.ravel()
-        return flat[i], flat[i + 1], flat[i + 2], flat[i + 3]
+        # Element by element through the array's own indexing, so the traffic counter sees them.
+        return tuple(words[np.unravel_index(i + u, words.shape)] for u in range(4))
 
     def f16x2(w):
         h = np.array([w], np.uint32).view(np.float16)
@@ -597,13 +598,15 @@ def build_combine(D):
 
 
 # --- the rung's contract --------------------------------------------------------------------------
+ARGS = DECODE
+
+
 def shared_bytes(Br, D, T):
     """The split kernel's m, l and O of each warp (the combine's is smaller)."""
     return 4 * (T // 32) * Br * (D + 2)
 
 
 def needs(problem, config):
-    from ..harness.runner import Needs
 
     Br, _ = row_blocks(problem, config)
     T = config["threads"]

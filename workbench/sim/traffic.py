@@ -26,7 +26,6 @@ traffic.csv and traffic.png: global and shared traffic vs N beside the FA1 paper
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import inspect
 import itertools
