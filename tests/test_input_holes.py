@@ -77,3 +77,45 @@ def test_huge_windows_equal_their_unbounded_sides(window):
     assert np.abs(o - ref).max() < 1e-5
     assert Problem(seq_q=9, head_dim=8, window=window).mask_bounds() == \
         Problem(seq_q=9, head_dim=8, window=unbounded).mask_bounds()
+
+
+# --- decode -------------------------------------------------------------------------------------
+def _paged(seed=0, lens=(11,), nq=1, D=8, block=4, blocks=6):
+    rng = np.random.default_rng(seed)
+    b = len(lens)
+    q = rng.standard_normal((b, 2, nq, D), dtype=np.float32)
+    k = rng.standard_normal((blocks, 1, block, D), dtype=np.float32)
+    v = rng.standard_normal((blocks, 1, block, D), dtype=np.float32)
+    table = np.stack([rng.permutation(blocks)[:blocks // b] for _ in range(b)]).astype(np.int32)
+    return q, k, v, table, np.array(lens, dtype=np.int32)
+
+
+def test_decode_refuses_nan_in_a_slot_it_reads_but_not_elsewhere():
+    q, k, v, table, lens = _paged()
+    unused = np.setdiff1d(np.arange(k.shape[0]), table[0, :3])  # lens 11, block 4: 3 blocks read
+    k[unused] = np.nan  # never read: fine
+    workbench.decode(q, k, v, table, lens)
+    k[table[0, 1], 0, 2, 3] = np.nan  # token 6 of sequence 0: read
+    with pytest.raises(ValueError, match="k_cache holds NaN or inf in a slot sequence 0 reads"):
+        workbench.decode(q, k, v, table, lens)
+
+
+@pytest.mark.parametrize("scale, error", [("x", TypeError), (float("nan"), ValueError), (1e300, ValueError)])
+def test_decode_validates_scale(scale, error):
+    q, k, v, table, lens = _paged()
+    with pytest.raises(error, match="scale"):
+        workbench.decode(q, k, v, table, lens, scale=scale)
+
+
+def test_decode_refuses_a_length_below_its_new_tokens():
+    q, k, v, table, lens = _paged(lens=(2,), nq=3)
+    with pytest.raises(ValueError, match="below the 3 new tokens"):
+        workbench.decode(q, k, v, table, lens)
+
+
+def test_decode_refuses_big_endian_tables_and_non_bool_flags():
+    q, k, v, table, lens = _paged()
+    with pytest.raises((ValueError, TypeError), match="block_table"):
+        workbench.decode(q, k, v, table.astype(">i4"), lens)
+    with pytest.raises(TypeError, match="return_lse must be True or False"):
+        workbench.decode(q, k, v, table, lens, return_lse="no")

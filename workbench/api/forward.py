@@ -11,6 +11,11 @@ rungs that declare bfloat16 take it. A plain uint16 or int16 array is not bfloat
 
 NaN and inf: NumPy inputs are scanned and refused (ValueError). Device inputs are not scanned (that
 would cost a pass over memory): a NaN there propagates into the rows that see it, as in PyTorch.
+
+Streams: torch and CuPy inputs are launched on the caller's current stream, with scratch from the
+caller's allocator, and the call returns without waiting for the GPU (as PyTorch's own ops do);
+Numba device arrays go on Numba's default stream, also without a wait; NumPy inputs are copied back,
+which waits.
 """
 
 from __future__ import annotations
@@ -57,6 +62,53 @@ def _contiguous(x, kind) -> bool:
         expect.append(stride)
         stride *= n
     return all(s == e or n == 1 for s, e, n in zip(cai["strides"], reversed(expect), cai["shape"]))
+
+
+_STREAMS: dict = {}
+
+
+def caller_stream(kind: str, x):
+    """The stream to launch on: the caller's current torch or CuPy stream (so that the launch is
+    ordered after the work that produced x, and nothing waits on the host), else Numba's default
+    stream (0). NumPy inputs copy back on the default stream, which waits for the kernels."""
+    if kind == "torch":
+        import torch
+
+        ptr = torch.cuda.current_stream(x.device).cuda_stream
+    elif kind == "cupy":
+        import cupy
+
+        ptr = cupy.cuda.get_current_stream().ptr
+    else:
+        return 0
+    if ptr == 0:
+        return 0
+    stream = _STREAMS.get(ptr)
+    if stream is None:
+        from numba import cuda
+
+        stream = _STREAMS[ptr] = cuda.external_stream(ptr)
+    return stream
+
+
+def caller_allocator(kind: str, x):
+    """Scratch memory from the caller's library (torch's or CuPy's caching allocator), else None
+    (Numba allocates)."""
+    if kind == "torch":
+        import torch
+        from numba import cuda
+
+        def allocate(shape, dtype):
+            t = torch.empty(tuple(shape), dtype=getattr(torch, np.dtype(dtype).name), device=x.device)
+            return cuda.as_cuda_array(t)  # (the tensor lives as long as the view's owner)
+
+        return allocate
+    if kind == "cupy":
+        import cupy
+        from numba import cuda
+
+        return lambda shape, dtype: cuda.as_cuda_array(cupy.empty(tuple(shape), dtype=dtype))
+    return None
 
 
 def _problem_from(q, k, v, causal, window, scale) -> Problem:
@@ -167,8 +219,8 @@ def attention(q, k, v, *, kernel="flash2", causal=False, window=None, scale=None
         dq, dk, dv, do = (dtypes.device_view(x, kind) for x in (q, k, v, o_user))
         dlse = cuda.as_cuda_array(lse_user)
 
-    runner.run(rung, problem, config, dq, dk, dv, do, dlse)
-    cuda.synchronize()
+    runner.run(rung, problem, config, dq, dk, dv, do, dlse, stream=caller_stream(kind, q),
+               allocate=caller_allocator(kind, q), track_memory=False)
 
     if kind == "numpy":
         out, lse = dtypes.from_bits(do.copy_to_host(), problem.dtype), dlse.copy_to_host()

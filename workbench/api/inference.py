@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from workbench import dtypes as _dtypes
-from workbench.api.forward import _contiguous, _kind
+from workbench.api.forward import _contiguous, _kind, caller_allocator, caller_stream, check_flag
 from workbench.harness import runner, verify
 from workbench.kernels import get
 from workbench.problem import DTYPES, DecodeProblem, paged_cache  # noqa: F401  (paged_cache: re-exported)
@@ -91,8 +91,11 @@ def validate(q, k_cache, v_cache, block_table, seq_lens, causal=True, window=Non
         if _dtype_name(arrays[name]) != "int32":
             raise TypeError(f"{name} must be int32, got {_dtype_name(arrays[name])}: cast it "
                             f"(.astype(np.int32) / .to(torch.int32))")
-    if not isinstance(causal, (bool, np.bool_)):
-        raise TypeError(f"causal must be True or False, got {causal!r}")
+    check_flag("causal", causal)
+    for name, x in arrays.items():
+        if isinstance(x, np.ndarray) and x.dtype.byteorder not in "=|" and x.dtype.itemsize > 1:
+            raise ValueError(f"{name} is big-endian ({x.dtype.str}): the GPU reads native (little-endian) "
+                             f"numbers; pass {name}.astype({name}.dtype.newbyteorder('='))")
     for name in ("q", "k_cache", "v_cache", "block_table", "seq_lens"):
         if not _contiguous(arrays[name], kind):
             raise ValueError(f"{name} is not C-contiguous: pass a contiguous copy")
@@ -115,6 +118,19 @@ def validate(q, k_cache, v_cache, block_table, seq_lens, causal=True, window=Non
             raise ValueError(f"block_table[{i}, {j}] = {int(used[j])} is not a physical block of the "
                              f"cache (0..{num_blocks - 1}); sequence {i} needs its first "
                              f"{len(used)} entries valid")
+    short = np.nonzero(lens < nq)[0]
+    if short.size:
+        i = int(short[0])
+        raise ValueError(f"seq_lens[{i}] = {int(lens[i])} is below the {nq} new tokens in q: the cache "
+                         f"must already hold them (seq_lens counts the new tokens too)")
+    if kind == "numpy":  # what each sequence reads must be finite, as the forward's inputs must be
+        for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+            for i, n in enumerate(lens):
+                blocks = table[i, : -(-int(n) // bs)]
+                rows = cache[blocks].transpose(1, 0, 2, 3).reshape(hkv, -1, d)[:, : int(n)]
+                if not np.isfinite(rows).all():
+                    raise ValueError(f"{name} holds NaN or inf in a slot sequence {i} reads (its first "
+                                     f"{int(n)} tokens): attention of non-finite inputs is undefined here")
     problem = DecodeProblem(b, h, hkv, nq, d, bs, num_blocks, max_blocks, tuple(lens.tolist()),
                             dtypes.pop(), bool(causal), window, scale)
     return problem, kind
@@ -126,6 +142,7 @@ def decode(q, k_cache, v_cache, block_table, seq_lens, *, causal=True, window=No
     Returns O shaped like q (and LSE (B, H, Nq) float32 with return_lse=True), of q's kind."""
     rung = get(kernel, kind="decode")
     problem, kind = validate(q, k_cache, v_cache, block_table, seq_lens, causal, window, scale)
+    check_flag("return_lse", return_lse)
     config = runner.check_config(rung, problem, config)
     from numba import cuda
 
@@ -150,8 +167,8 @@ def decode(q, k_cache, v_cache, block_table, seq_lens, *, causal=True, window=No
 
             out_o, out_lse = cupy.empty_like(q), cupy.empty(problem.lse_shape, dtype=cupy.float32)
         o, lse = _dtypes.device_view(out_o, kind), cuda.as_cuda_array(out_lse)
-    runner.run(rung, problem, config, *args, o, lse)
-    cuda.synchronize()
+    runner.run(rung, problem, config, *args, o, lse, stream=caller_stream(kind, q),
+               allocate=caller_allocator(kind, q), track_memory=False)
     if kind == "numpy":
         out_o, out_lse = _dtypes.from_bits(o.copy_to_host(), problem.dtype), lse.copy_to_host()
     return (out_o, out_lse) if return_lse else out_o

@@ -24,7 +24,7 @@ import functools
 import numpy as np
 
 from workbench import dtypes
-from workbench.api.forward import _contiguous, _kind, _problem_from
+from workbench.api.forward import _contiguous, _kind, caller_allocator, caller_stream, _problem_from
 from workbench.harness import runner, verify
 from workbench.kernels import get
 from workbench.problem import Problem
@@ -96,8 +96,8 @@ def backward(q, k, v, o, lse, do, *, causal=False, window=None, scale=None, conf
 
             user = [cupy.empty_like(q), cupy.empty_like(k), cupy.empty_like(v)]
         grads = [dtypes.device_view(x, kind) for x in user]
-    runner.run(rung, problem, config, dev["q"], dev["k"], dev["v"], dev["o"], dev["lse"], dev["do"], *grads)
-    cuda.synchronize()
+    runner.run(rung, problem, config, dev["q"], dev["k"], dev["v"], dev["o"], dev["lse"], dev["do"], *grads, stream=caller_stream(kind, q),
+               allocate=caller_allocator(kind, q), track_memory=False)
     if kind == "numpy":
         return tuple(dtypes.from_bits(g.copy_to_host(), problem.dtype) for g in grads)
     return tuple(user)

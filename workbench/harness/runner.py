@@ -87,14 +87,22 @@ class Pool:
 
 
 class Launcher:
-    def __init__(self, live: bool, pool: Pool | None = None):
+    """What a rung's `launch` talks to. Live, it allocates scratch (from a `pool`, through the
+    caller's `allocate(shape, dtype)` — e.g. torch's caching allocator — or Numba's) and launches on
+    `stream` (0: Numba's default stream); `track_memory` reads the driver's free memory around each
+    step, which costs a driver call each time and is for measurements, not for the API's calls."""
+
+    def __init__(self, live: bool, pool: Pool | None = None, stream=0, allocate=None,
+                 track_memory: bool = True):
         self.live = live
         self.pool = pool
+        self.stream = stream
+        self.allocate = allocate
         self.launches: list[Launch] = []
         self.workspace_bytes = 0
         self._scratch = []
         self._free_start = self._free_min = None
-        if live and not device.simulator():
+        if live and track_memory and not device.simulator():
             from numba import cuda
 
             self._free_start = self._free_min = cuda.current_context().get_memory_info().free
@@ -112,6 +120,8 @@ class Launcher:
         if self.live:
             if self.pool is not None:
                 arr = self.pool.take(arr.shape, arr.dtype)
+            elif self.allocate is not None:
+                arr = self.allocate(arr.shape, arr.dtype)
             else:
                 from numba import cuda
 
@@ -127,13 +137,15 @@ class Launcher:
                     f"{kernel.py_func.__name__}: argument {i} is a float64 ({a!r}); pass "
                     f"np.float32(...) so the kernel stays in float32 arithmetic"
                 )
-        from numba import typeof
-
         grid, block = _dims(grid), _dims(block)
-        self.launches.append(Launch(kernel, grid, block, tuple(typeof(a) for a in args)))
-        if self.live:
-            kernel[grid, block](*args)
+        if self.live:  # (argument types are for planning: typing them again costs host time)
+            self.launches.append(Launch(kernel, grid, block, ()))
+            kernel[grid, block, self.stream](*args)
             self._note_free()
+        else:
+            from numba import typeof
+
+            self.launches.append(Launch(kernel, grid, block, tuple(typeof(a) for a in args)))
 
     @property
     def driver_bytes(self) -> int | None:
@@ -188,8 +200,27 @@ def plan(rung, problem, config: dict) -> list[Launch]:
     return gpu.launches
 
 
+_CHECKED: dict = {}  # (rung, module, problem, config) -> the checked config: a repeated call plans once
+
+
 def check_config(rung, problem, config=None) -> dict:
-    """Merge and check a config against the problem and the device; ValueError before any launch."""
+    """Merge and check a config against the problem and the device; ValueError before any launch.
+    A config that passed for a (rung, problem) is remembered, so a call repeated on the same shapes
+    (every layer of a model, every step of decoding) does not plan its launches again."""
+    try:
+        key = (rung.name, id(rung.module), problem, None if config is None else tuple(sorted(config.items())))
+        hash(key)
+    except TypeError:  # an unhashable config value: checked below, with its own error
+        key = None
+    if key is not None and key in _CHECKED:
+        return dict(_CHECKED[key])
+    cfg = _check_config(rung, problem, config)
+    if key is not None:
+        _CHECKED[key] = dict(cfg)
+    return cfg
+
+
+def _check_config(rung, problem, config=None) -> dict:
     cfg = merged_config(rung, config)
     needs: Needs = rung.module.needs(problem, cfg)
     facts = device.facts()
@@ -268,7 +299,8 @@ def check_arrays(rung, problem, arrays) -> None:
             raise TypeError(f"kernel {rung.name!r}: {a.name} must be a {dtype} device array, got {x.dtype}")
 
 
-def run(rung, problem, config: dict, *arrays, pool: Pool | None = None) -> Launcher:
+def run(rung, problem, config: dict, *arrays, pool: Pool | None = None, stream=0, allocate=None,
+        track_memory: bool = True) -> Launcher:
     """Launch a rung on device arrays given in its declaration's order (`rung.args`; config already
     checked). Returns the launcher's accounts. With a `pool`, scratch memory is reused from the
     previous call instead of allocated again (a Pool given as one more positional argument after
@@ -278,7 +310,7 @@ def run(rung, problem, config: dict, *arrays, pool: Pool | None = None) -> Launc
     check_arrays(rung, problem, arrays)
     if pool is not None:
         pool.next = 0
-    gpu = Launcher(live=True, pool=pool)
+    gpu = Launcher(live=True, pool=pool, stream=stream, allocate=allocate, track_memory=track_memory)
     rung.module.launch(problem, config, *arrays, gpu)
     return gpu
 
