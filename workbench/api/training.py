@@ -113,6 +113,22 @@ def check_backward(problem: Problem, seed: int = 0, config=None, heads: int | No
 # --------------------------------------------------------------------------------------------------
 # torch.autograd
 # --------------------------------------------------------------------------------------------------
+def training_kernels(dtype: str, head_dim: int) -> tuple[str, str]:
+    """The (forward, backward) rungs training uses: the tensor-core pair (flash2_mma,
+    flash2_mma_bwd) for float16/bfloat16 on a GPU where both take the head dim, else the SIMT pair
+    (flash2, flash2_bwd)."""
+    from workbench.harness import device, runner
+    from workbench.kernels import get as get_rung
+
+    if dtype in ("float16", "bfloat16") and not device.simulator():
+        fwd, bwd = get_rung("flash2_mma"), get("flash2_mma_bwd", kind="backward")
+        p = Problem(head_dim=head_dim, dtype=dtype)
+        if all(p.head_dim in (r.module.needs(p, runner.default_config(r)).head_dims or (head_dim,))
+               for r in (fwd, bwd)):
+            return fwd.name, bwd.name
+    return "flash2", "flash2_bwd"
+
+
 @functools.cache
 def _function():
     import torch
@@ -120,34 +136,39 @@ def _function():
     from workbench.api.forward import attention
 
     class FlashAttention(torch.autograd.Function):
-        """Forward: the flash2 rung (O and LSE saved). Backward: the flash2_bwd rung."""
+        """Forward and backward by training_kernels(): tensor cores for 16-bit inputs, SIMT for
+        float32 (O and LSE saved between them)."""
 
         @staticmethod
         def forward(ctx, q, k, v, causal, window, scale):
             # Detached: torch refuses __cuda_array_interface__ on tensors that require grad.
             q, k, v = (x.detach().contiguous() for x in (q, k, v))
-            o, lse = attention(q, k, v, kernel="flash2", causal=causal, window=window, scale=scale,
+            fwd, bwd = training_kernels(str(q.dtype).split(".")[-1], q.shape[-1])
+            o, lse = attention(q, k, v, kernel=fwd, causal=causal, window=window, scale=scale,
                                return_lse=True)
             ctx.save_for_backward(q, k, v, o, lse)
-            ctx.mask = (causal, window, scale)
+            ctx.mask = (causal, window, scale, bwd)
             return o
 
         @staticmethod
         def backward(ctx, do):
             # o is this Function's output, so torch hands it back requiring grad: detach all.
             q, k, v, o, lse = (x.detach() for x in ctx.saved_tensors)
-            causal, window, scale = ctx.mask
+            causal, window, scale, bwd = ctx.mask
             dq, dk, dv = backward(q, k, v, o, lse, do.detach().contiguous(), causal=causal,
-                                  window=window, scale=scale)
+                                  window=window, scale=scale, kernel=bwd)
             return dq, dk, dv, None, None, None
 
     return FlashAttention
 
 
 def flash_attention(q, k, v, *, causal=False, window=None, scale=None):
-    """Attention of torch CUDA tensors through the flash2 rung, differentiable (q (B, H, Nq, D),
-    k/v (B, Hkv, Nkv, D), float32 or float16): a drop-in for SDPA in a model that trains."""
-    if str(q.dtype) == "torch.bfloat16":  # refused before the forward runs, not after it
-        raise ValueError("flash_attention's backward (flash2_bwd) takes float32 and float16, not "
-                         "bfloat16: cast q, k, v (.half() or .float())")
+    """Attention of torch CUDA tensors, differentiable (q (B, H, Nq, D), k/v (B, Hkv, Nkv, D)):
+    the tensor-core rungs for float16/bfloat16, the SIMT rungs for float32 (training_kernels): a
+    drop-in for SDPA in a model that trains."""
+    dtype = str(q.dtype).split(".")[-1]
+    if dtype == "bfloat16" and training_kernels(dtype, int(q.shape[-1]))[1] == "flash2_bwd":
+        raise ValueError("bfloat16 training needs the tensor-core backward (flash2_mma_bwd: a GPU of "
+                         "sm_80 or later, D in its head dims); flash2_bwd takes float32 and float16: "
+                         "cast q, k, v (.half() or .float())")
     return _function().apply(q, k, v, causal, window, scale)

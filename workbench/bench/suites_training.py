@@ -148,13 +148,15 @@ def torch_standard(q, k, v, causal):
 
 
 class Ours:
-    """flash2 forward + flash2_bwd backward on torch tensors, through the runner (checked once)."""
+    """Our training pair on torch tensors, through the runner (checked once): the tensor-core
+    rungs for float16/bfloat16, the SIMT rungs for float32 (training.training_kernels)."""
 
     def __init__(self, p: Problem, q, k, v, do):
         from numba import cuda
 
         self.p = p
-        self.fwd, self.bwd = get_rung("flash2"), BWD
+        fwd, bwd = training.training_kernels(p.dtype, p.head_dim)
+        self.fwd, self.bwd = get_rung(fwd), get_rung(bwd, "backward")
         self.cfg_f = runner.check_config(self.fwd, p)
         self.cfg_b = runner.check_config(self.bwd, p)
         self.o, self.lse = torch.empty_like(q), torch.empty(p.lse_shape, device="cuda")
@@ -252,10 +254,10 @@ def fwd_bwd_points(p: Problem, label: str, what=("flash2", "sdpa-flash", "torch-
             ours = Ours(p, q, k, v, do)
             ours.both()
             torch.cuda.synchronize()
-            extra = {}
+            extra = {"rungs": [ours.fwd.name, ours.bwd.name]}
             if sdpa_grads_ is not None:
-                extra = {"rel_vs_sdpa": {"o": rel(ours.o, f_sdpa(q, k, v)),
-                                         **{n: rel(a, b) for n, a, b in zip(("dq", "dk", "dv"), ours.grads, sdpa_grads_)}}}
+                extra["rel_vs_sdpa"] = {"o": rel(ours.o, f_sdpa(q, k, v)),
+                                        **{n: rel(a, b) for n, a, b in zip(("dq", "dk", "dv"), ours.grads, sdpa_grads_)}}
             if forward_too:
                 points.append(train_point(p, label, "flash2", ours.forward, None,
                                           {"pass": "forward", **extra}))
