@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The H200 measurements the open issues ask for, grouped into device calls that each fit the device
+# tool's limits (10 minutes, 8 files back): OUT/<step>.tgz per step, its log inside.
+#
+#   bash scripts/gpu_h200.sh OUT forward     # issue 14: verify suite (every rung of every kind),
+#                                            #   flash1/flash2 at the seed config vs the old default
+#   bash scripts/gpu_h200.sh OUT backward    # issue 15: flash2_mma_bwd checks + timing vs SDPA,
+#                                            #   the seed-training suite (tensor-core pair)
+#   bash scripts/gpu_h200.sh OUT decode      # issue 16: paged_decode checks, bandwidth sweep vs
+#                                            #   SDPA, the seed-inference suite
+#   bash scripts/gpu_h200.sh OUT course      # issues 17/18/19: notebooks live, the grader on a GPU,
+#                                            #   the torch operators' GPU tests, the GPU test suite
+#
+# Start each device command with the numpy-2.4 wheel install (../shared/device-wheels.sh) and pass
+# carry: [".whl"]. Unpack the tgz files into figures/h200/ (the JSON files carry their provenance).
+set -u
+OUT=${1:?usage: gpu_h200.sh OUT forward|backward|decode|course}
+mkdir -p "$OUT"
+pack() { tar czf "$OUT/$1.tgz" -C "$OUT" "$1" && rm -rf "${OUT:?}/$1"; }
+step() {  # name limit_s command...
+  local name=$1 limit=$2; shift 2
+  mkdir -p "$OUT/$name"
+  local t0=$(date +%s)
+  timeout -k 10 "$limit" "$@" > "$OUT/$name/log.txt" 2>&1
+  local rc=$?
+  echo "$name rc=$rc $(( $(date +%s) - t0 ))s" | tee -a "$OUT/$name/log.txt"
+  tail -25 "$OUT/$name/log.txt"
+  pack "$name"
+}
+case "${2:?which group}" in
+  forward)
+    step verify 300 python3 -m workbench.compare --suite verify --out "$OUT/verify" --no-plots
+    step flash12 240 python3 scripts/gpu_flash12.py "$OUT/flash12"
+    ;;
+  backward)
+    step mma_bwd 240 python3 scripts/gpu_mma_bwd.py "$OUT/mma_bwd"
+    step seed_training 300 python3 -m workbench.compare --suite seed-training --out "$OUT/seed_training"
+    ;;
+  decode)
+    step decode 300 python3 scripts/gpu_decode.py "$OUT/decode" --sweep
+    step seed_inference 240 python3 -m workbench.compare --suite seed-inference --out "$OUT/seed_inference"
+    ;;
+  course)
+    step torch_ops 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_torch_ops.py
+    step notebooks 200 python3 scripts/run_notebooks.py "$OUT/notebooks"
+    step assignments 150 python3 scripts/gpu_assignments.py "$OUT/assignments" online-softmax
+    step gpu_tests 120 env NUMBA_ENABLE_CUDASIM=0 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests
+    ;;
+  *) echo "unknown group $2" >&2; exit 2 ;;
+esac
