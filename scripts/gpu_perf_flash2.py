@@ -3,7 +3,8 @@
 
     python scripts/gpu_perf_flash2.py OUTDIR            (an H100; about 2-3 minutes)
 
-1. verify: every variant in VARIANTS (flash2 config keys; PERF_NOTES.md, "v1 candidates", predicts
+1. verify: every variant in VARIANTS (experiments/flash2_variants.py: the flash2 kernel as issue 8
+   measured it, with every variant selectable; PERF_NOTES.md, "v1 candidates", predicts
    each) with workbench.harness.verify.check on two odd shapes (N = 1000, GQA; and causal).
 2. time: B=8 H=32 N=4096 D=64 float32 non-causal, every variant and SDPA efficient (float32)
    interleaved round-robin (ROUNDS rounds of REPEAT timed calls each, the order rotated every
@@ -29,23 +30,12 @@ import subprocess
 import sys
 import time
 
-U, A, B, C = ({"shared_index": 2}, {"row_reduce": 2}, {"kv_buffers": 2}, {"stages": 2})
-RM8 = {"RM": 8, "warps_per_sm": 10}  # 64 threads, 168 registers: 5-6 CTAs of 2 warps per SM
-VARIANTS = {  # name: config over flash2.DEFAULT_CONFIG
-    "v0": {},
-    "a": {**A},
-    "b": {**B},
-    "u": {**U},
-    "ua": {**U, **A},
-    "uab": {**U, **A, **B},
-    "uabc": {**U, **A, **B, **C},
-    "uabd8": {**U, **A, **B, "d_step": 8},
-    "rm8-u": {**RM8, **U},
-    "rm8-ua": {**RM8, **U, **A},
-    "rm8-uab": {**RM8, **U, **A, **B},
-    "rm8-uab-w8": {**RM8, **U, **A, **B, "warps_per_sm": 8},
-    "rm8-uabc-w8": {**RM8, **U, **A, **B, **C, "warps_per_sm": 8},
-}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # experiments/ lives at the repository root
+    sys.path.insert(0, ROOT)
+from experiments import flash2_variants  # noqa: E402  (the flash2 kernel these variants ran)
+
+VARIANTS = flash2_variants.VARIANTS  # name: config over flash2_variants.DEFAULT_CONFIG
 BEST_GUESS = "rm8-ua"
 CAUSAL = ("v0", "uab", "rm8-ua", "rm8-uab")
 PEER = "sdpa-efficient"
@@ -82,10 +72,9 @@ def ncu_launch(name):
 
     from workbench import Problem
     from workbench.harness import runner
-    from workbench.kernels import get
 
     p = Problem(*NCU_SHAPE, dtype="float32")
-    rung = get("flash2")
+    rung = flash2_variants.rung()
     cfg = runner.check_config(rung, p, VARIANTS[name])
     q, k, v = (cuda.to_device(x) for x in p.make_inputs(1))
     o, lse = cuda.device_array(p.q_shape, np.float32), cuda.device_array(p.lse_shape, np.float32)
@@ -111,7 +100,6 @@ def main(out_dir) -> int:
     import workbench
     from workbench.harness import device, peers, runner, timing, verify
     from workbench.harness.occupancy import occupancy
-    from workbench.kernels import get
 
     if workbench.mode() != "gpu":
         print("scripts/gpu_perf_flash2.py needs a CUDA GPU", file=sys.stderr)
@@ -122,7 +110,7 @@ def main(out_dir) -> int:
     def log(*a):
         print(f"[{time.time() - t0:6.1f}s]", *a, flush=True)
 
-    rung = get("flash2")
+    rung = flash2_variants.rung()
     result = {"provenance": device.provenance(),
               "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
               "variants": VARIANTS, "best_guess": BEST_GUESS, "peer": PEER,

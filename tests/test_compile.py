@@ -11,24 +11,45 @@ import pytest
 from workbench.harness.device import H100
 
 
+# flash1 and flash2 take every D of tiles.HEAD_DIMS (the other rungs are checked at 64 and 128)
+TILED = ("flash1", "flash2")
+SMALL_DIMS = ("16", "32")
+
+
 @pytest.fixture(scope="module")
 def usage(tmp_path_factory):
-    out = tmp_path_factory.mktemp("inspect") / "usage.json"
+    """Every rung at D = 64 and 128 in every dtype it takes, and flash1, flash2 at the small D too
+    (float32: register pressure grows with D, and 64 and 128 cover the dtypes): two inspector runs
+    at once (each compiles one kernel at a time)."""
+    tmp = tmp_path_factory.mktemp("inspect")
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
-    # every dtype: a rung is compiled for those its needs() declare (bfloat16: flash2's uint16 bits)
-    proc = subprocess.run([sys.executable, "-m", "workbench.inspect", "--json", str(out),
-                           "--dtype", "float32", "float16", "bfloat16"],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    # (a rung is compiled for the dtypes its needs() declare; bfloat16 as uint16 bits)
+    runs = {"all": ["--dtype", "float32", "float16", "bfloat16"],
+            "small": ["--kernels", ",".join(TILED), "--dim", *SMALL_DIMS, "--dtype", "float32"]}
+    procs = {}
+    for name, extra in runs.items():
+        cmd = [sys.executable, "-m", "workbench.inspect", "--json", str(tmp / f"{name}.json"),
+               *extra]
+        procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+    rows = []
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+        rows += json.loads((tmp / f"{name}.json").read_text())
+    return rows
 
 
 def check_every_rung_compiled(usage):
     from workbench import LADDER
 
     assert {u["rung"] for u in usage} == {r.name for r in LADDER}
-    assert {(u["dtype"], u["head_dim"]) for u in usage} == {
-        (t, d) for t in ("float32", "float16", "bfloat16") for d in (64, 128)}
+    every = {(t, d) for t in ("float32", "float16", "bfloat16") for d in (64, 128)}
+    assert {(u["dtype"], u["head_dim"]) for u in usage} == every | {
+        ("float32", d) for d in (16, 32)}
+    for rung in TILED:  # every supported D
+        assert {(u["dtype"], u["head_dim"]) for u in usage if u["rung"] == rung} == every | {
+            ("float32", d) for d in (16, 32)}
     assert "flash2" in {u["rung"] for u in usage if u["dtype"] == "bfloat16"}
 
 
@@ -52,7 +73,8 @@ def check_declared_shared_memory_is_what_the_compiler_allocated(usage):
 
     for rung in LADDER:
         for dtype in ("float32", "float16", "bfloat16"):
-            for d in (64, 128):
+            small = (16, 32) if dtype == "float32" and rung.name in TILED else ()
+            for d in (*small, 64, 128):
                 p = Problem(8, 32, 32, 4096, 4096, d, dtype)
                 needs = rung.module.needs(p, rung.module.DEFAULT_CONFIG)
                 if dtype not in needs.dtypes:

@@ -87,7 +87,7 @@ def provenance() -> dict:
         import re
 
         with open("/proc/driver/nvidia/version") as f:  # "NVRM version: ... Kernel Module ... 580.159.04 ..."
-            info["driver"] = re.search(r"\b(\d+\.\d+(?:\.\d+)?)\b", f.readline())[1]
+            info["driver"] = re.search(r"(\d{3,}\.\d+(?:\.\d+)?)", f.read())[1]
     except Exception:
         info.setdefault("driver", "unknown")
     for mod in ("torch", "cupy"):

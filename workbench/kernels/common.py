@@ -61,9 +61,14 @@ def unmasked_keys(i0, i_last, shift, left, right, n_kv):
 
 
 # The same rules for host code (traffic model, diagrams, assignments): a CUDA dispatcher cannot be
-# called from the host, but its Python function can (and is the very same code).
-kv_tile_range_host = getattr(kv_tile_range, "py_func", kv_tile_range)
-unmasked_keys_host = getattr(unmasked_keys, "py_func", unmasked_keys)
+# called from the host, but its Python function can, and is the very same code. (Host twins of
+# the functions that call no other device function.)
+def _host(f):
+    return getattr(f, "py_func", f)
+
+
+first_key_host, last_key_host, visible_host = _host(first_key), _host(last_key), _host(visible)
+kv_tile_range_host, unmasked_keys_host = _host(kv_tile_range), _host(unmasked_keys)
 
 
 # --- I/O element conversions ------------------------------------------------------------------

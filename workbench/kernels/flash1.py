@@ -19,19 +19,17 @@ With Tr = ⌈Nq / Br⌉ and Tc = ⌈Nkv / Bc⌉, CTA b·h runs, in the paper's n
         m, l  = m_new, l_new;  write m, l, O back            (and LSE = m + log(l) at j = Tc)
 
 What changes against online, and why:
-- Loop order: KV tiles outer, Q blocks inner, so K and V are read once. The price: Q_i is read Tc
-  times; O_i (float32), m_i, l_i go to device memory between visits, read Tc − 1 times and written
-  Tc times (about Tc · Nq · (D · (itemsize + 8) + 16) bytes per head); only B·H CTAs run (FA1's
-  later `num_splits` split the Q loop over more CTAs; not done here).
+- Loop order: K and V are read once. The price: Q_i is read Tc times, O_i (float32), m_i, l_i go
+  to device memory and back between visits (about Tc · Nq · (D · (itemsize + 8) + 16) bytes per
+  head), and only B·H CTAs run (FA1's later `num_splits` split the Q loop; not done here).
 - Normalised every step (rung 3's online softmax in the paper's form): O_i leaves the chip after
   every tile, so each step needs the whole row's l (its TC threads add their sums by shuffles).
 - K_j and V_j stay in shared memory for a whole sweep, in two buffers (at D = 128 Bc halves).
 - A tile engine (below) instead of a thread per row, as in FA1's CUDA code.
 
-Rungs 4 and 5 share one tile engine (workbench/kernels/tiles.py): its CTA of TR × TC threads, each
-with an RM × RN micro-tile of S and RM × D/TC of O in registers, loads, row maxima by shuffles and
-launch bounds. Scores are in base-2 units (Q_i is loaded times scale·log2 e), so P = 2^(S − m) is
-one MUFU.EX2 and LSE = ln2 · (m + log2 l).
+Rungs 4 and 5 share one tile engine (workbench/kernels/tiles.py: TR × TC threads with register
+tiles of S and O, loads, row maxima by shuffles, launch bounds). Scores are in base-2 units (Q_i is
+loaded times scale·log2 e), so P = 2^(S − m) is one MUFU.EX2 and LSE = ln2 · (m + log2 l).
 
 Masks (bottom-right causal, windows) and GQA as in rung 1. K/V loads past Nkv are zero-filled and
 those keys masked, and Q rows past Nq are zero and never stored, so any length works. A row that
@@ -47,9 +45,10 @@ import numpy as np
 from numba import cuda, float32
 
 from .common import FASTMATH, LN2, LOG2E, NEG_INF, cdiv
+from .contract import Needs
 from .hardware import ALIGN, jit_options, warp_sync
 from .tiles import HEAD_DIMS, engine, rules, shared_bytes, tile_shape
-from .warp import FULL_MASK, segment_sum
+from .warp import FULL_MASK, segment_sum, shfl_idx
 
 LESSON = "FA1 loop order: KV blocks outside, Q blocks inside; O, m, l re-read and re-written per KV block"
 # flash2's tiles, but 255 registers: B·H CTAs seldom put 3 on an SM (and at 168, D = 64 spills).
@@ -77,7 +76,7 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=DEFAULT_CONFIG["warps_per_sm"]):
         v_j = cuda.shared.array((Bc, DP), float32, alignment=ALIGN)  # V_j
         p_ij = cuda.shared.array((Br, BP), float32, alignment=ALIGN)  # P_ij
         s = cuda.local.array((RM, RN), float32)  # my micro-tile of S, then of P
-        acc = cuda.local.array((RM, DT), float32)  # my micro-tile of O_i, between its read and write
+        acc = cuda.local.array((RM, DT), float32)  # my micro-tile of O_i (read, updated, written back)
         m = cuda.local.array(RM, float32)  # m_i of my rows (base 2)
         l = cuda.local.array(RM, float32)  # l_i of my rows (the whole row's)
         row_max_ = cuda.local.array(RM, float32)  # my rows' max over this tile
@@ -94,8 +93,7 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=DEFAULT_CONFIG["warps_per_sm"]):
             return  # never taken (launch builds for this D); it tells the compiler that rows are
             # D elements long, so the addresses of a tile are one base plus constant offsets
 
-        Tr = (n_q + Br - 1) // Br  # Q blocks
-        Tc = (n_kv + Bc - 1) // Bc  # KV tiles
+        Tr, Tc = (n_q + Br - 1) // Br, (n_kv + Bc - 1) // Bc  # Q blocks, KV tiles
         for ji in range(Tc * Tr):  # FA1's order: KV tile j outer, Q block i inner
             j = ji // Tr
             i0 = (ji - j * Tr) * Br  # Q_i's first row
@@ -110,8 +108,9 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=DEFAULT_CONFIG["warps_per_sm"]):
             for a in range(RM):  # O_i, m_i, l_i from device memory
                 row = i0 + tr + TR * a
                 back = j > 0 and row < n_q  # (at j = 0, line 1: O = 0, l = 0, m = -inf)
-                m[a] = m_acc[b, h, row] if back else NEG_INF
-                l[a] = l_acc[b, h, row] if back else float32(0)
+                first = back and tc == 0  # lane 0 of the row reads m_i, l_i; a shuffle shares them
+                m[a] = shfl_idx(FULL_MASK, m_acc[b, h, row] if first else NEG_INF, 0, TC)
+                l[a] = shfl_idx(FULL_MASK, l_acc[b, h, row] if first else float32(0), 0, TC)
                 load_row(o_acc, b, h, row, acc, a, back)  # (zeros unless back)
             cuda.syncthreads()  # Q_i is in shared memory
 
@@ -139,8 +138,7 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=DEFAULT_CONFIG["warps_per_sm"]):
             warp_sync()  # P_ij's rows are written and read by the TC threads of one warp
             add_pv(p_ij, v_j, acc)  # O += P_ij V_j on my micro-tile
 
-            # O_i = O_i / l_new, every step; O_i, m_i, l_i back to device memory.
-            for a in range(RM):
+            for a in range(RM):  # O_i = O_i / l_new, every step; O_i, m_i, l_i back to HBM
                 row = i0 + tr + TR * a
                 if row < n_q:
                     inv_l = float32(1) / l[a] if l[a] > float32(0) else float32(0)
@@ -159,8 +157,6 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=DEFAULT_CONFIG["warps_per_sm"]):
 
 
 def needs(problem, config):
-    from ..harness.runner import Needs
-
     Br, Bc, RM, RN, TR, TC = tiles(problem, config)
     D = problem.head_dim
     return Needs(shared_bytes=shared_bytes(Br, Bc, D, TC, KV_BUFFERS), head_dims=HEAD_DIMS,

@@ -40,10 +40,9 @@ What changes against flash1, and why (FA2's three ideas, and what they allow):
   D = 128 keeps Bc within 48 KiB. The defaults are the fastest measured variants (the others are
   in experiments/flash2_variants.py); the numbers are in PERF_NOTES.md.
 
-Rungs 4 and 5 share one tile engine (workbench/kernels/tiles.py): its CTA of TR × TC threads, each
-with an RM × RN micro-tile of S and RM × D/TC of O in registers, loads, row maxima by shuffles and
-launch bounds. Scores are in base-2 units (Q_i is loaded times scale·log2 e), so P = 2^(S − m) is
-one MUFU.EX2 and LSE = ln2 · (m + log2 l).
+Rungs 4 and 5 share one tile engine (workbench/kernels/tiles.py: TR × TC threads with register
+tiles of S and O, loads, row maxima by shuffles, launch bounds). Scores are in base-2 units (Q_i is
+loaded times scale·log2 e), so P = 2^(S − m) is one MUFU.EX2 and LSE = ln2 · (m + log2 l).
 
 Masks (bottom-right causal, windows) and GQA as in rung 1. K/V loads past Nkv are zero-filled and
 those keys masked, and Q rows past Nq are zero and never stored, so any length works. A row that
@@ -59,6 +58,7 @@ import numpy as np
 from numba import cuda, float32
 
 from .common import FASTMATH, LN2, LOG2E, NEG_INF, cdiv, first_key, last_key
+from .contract import Needs
 from .hardware import ALIGN, jit_options
 from .tiles import HEAD_DIMS, engine, rules, shared_bytes, tile_shape
 from .warp import FULL_MASK, segment_sum
@@ -66,7 +66,7 @@ from .warp import FULL_MASK, segment_sum
 LESSON = ("FA2 partitioning: a CTA owns a Q block, warps split its rows, O normalised once, "
           "LSE saved, masked tiles skipped")
 # Br query rows per CTA, Bc keys per K/V tile, RM × RN S micro-tile per thread, warps per SM the
-# register budget is sized for: 64-thread CTAs at every D (tiles.tile_shape caps Br and RM at D = 128).
+# register budget is sized for: 64-thread CTAs at every D (tile_shape caps Br, RM at D = 128).
 DEFAULT_CONFIG = {"Br": 64, "Bc": 32, "RM": 8, "RN": 4, "warps_per_sm": 10}
 SIM_CONFIG = {"Br": 8, "Bc": 8, "RM": 2, "RN": 2}  # 16 threads: each is a Python thread there
 KV_BUFFERS = 1  # V_j goes over K_j in shared memory
@@ -170,15 +170,14 @@ def build(Br, Bc, D, RM, RN, warps_per_sm=DEFAULT_CONFIG["warps_per_sm"]):
                 inv_l = float32(1) / l[a] if l[a] > float32(0) else float32(0)
                 store_row(o, b, h, row, acc, a, inv_l)  # my columns of O_i's row
                 if tc == 0:
-                    lse[b, h, row] = (m[a] + math.log2(l[a])) * LN2 if l[a] > float32(0) else NEG_INF
+                    lse[b, h, row] = ((m[a] + math.log2(l[a])) * LN2 if l[a] > float32(0)
+                                      else NEG_INF)
         ### END SOLUTION
 
     return flash2
 
 
 def needs(problem, config):
-    from ..harness.runner import Needs
-
     Br, Bc, RM, RN, TR, TC = tiles(problem, config)
     D = problem.head_dim
     return Needs(shared_bytes=shared_bytes(Br, Bc, D, TC, KV_BUFFERS), head_dims=HEAD_DIMS,

@@ -56,10 +56,11 @@ import functools
 import math
 
 import numpy as np
-from numba import config as numba_config
 from numba import cuda, float32
 
-from .common import first_key, last_key, visible
+from .common import FASTMATH, LOG2E, NEG_INF, cdiv, first_key, kv_tile_range, last_key, visible
+from .contract import Needs
+from .hardware import jit_options
 
 LESSON = ("FA2 backward: recompute P from the saved LSE; a CTA owns a K/V block and accumulates "
           "dK, dV on chip; dQ by a second pass (no atomics, deterministic)")
@@ -69,12 +70,7 @@ HEAD_DIMS = (16, 32, 64, 128)
 TILE_ELEMS = 2048  # Br·D and Bc·D at most: keeps the four tiles in 48 KiB at D = 128
 PREP_ROWS = 8  # query rows per CTA of the preprocessing kernel (a warp each)
 WARPS_PER_SM = 16  # the occupancy launch_bounds sizes registers for (2 CTAs at D = 64, 5 at 128)
-SM_SHARED, CTA_RESERVED = 228 * 1024, 1024
-
-FASTMATH = {"afn", "arcp", "contract"}  # as flash2: approximate exp2, but infinities allowed
 INF = float32(math.inf)
-NEG_INF = float32(-math.inf)
-LOG2E = np.float32(math.log2(math.e))
 
 
 def tiles(problem, config):
@@ -99,12 +95,6 @@ def shared_bytes(Br, Bc, D):
     dkdv = tiles_ + 2 * Bc * (Br + 1) + 2 * Br
     dq = tiles_ + Br * (Bc + 1)
     return 4 * max(dkdv, dq)
-
-
-def min_blocks(threads, smem, warps_per_sm=WARPS_PER_SM):
-    """CTAs per SM the register budget is sized for (launch_bounds' second number): what shared
-    memory admits (228 KiB per SM, 1 KiB reserved per CTA), but no more than warps_per_sm warps."""
-    return max(1, min(warps_per_sm * 32 // threads, SM_SHARED // (smem + CTA_RESERVED)))
 
 
 def _loader(ROWS, D, THREADS):
@@ -164,10 +154,7 @@ def build_dkdv(Br, Bc, D, RM, RN):
     DP, BP = D + 1, Br + 1
     load_q = _loader(Br, D, THREADS)
     load_kv = _loader(Bc, D, THREADS)
-    options = {} if numba_config.ENABLE_CUDASIM else {
-        "launch_bounds": (THREADS, min_blocks(THREADS, shared_bytes(Br, Bc, D)))}
-
-    @cuda.jit(fastmath=FASTMATH, **options)
+    @cuda.jit(fastmath=FASTMATH, **jit_options(THREADS, shared_bytes(Br, Bc, D), WARPS_PER_SM))
     def bwd_dkdv(q, k, v, do, lse2, delta, dk, dv, scale_log2, scale, group, left, right):
         k_j = cuda.shared.array((Bc, DP), float32)
         v_j = cuda.shared.array((Bc, DP), float32)
@@ -290,10 +277,7 @@ def build_dq(Br, Bc, D, RM, RN):
     DP, BP = D + 1, Bc + 1
     load_q = _loader(Br, D, THREADS)
     load_kv = _loader(Bc, D, THREADS)
-    options = {} if numba_config.ENABLE_CUDASIM else {
-        "launch_bounds": (THREADS, min_blocks(THREADS, shared_bytes(Br, Bc, D)))}
-
-    @cuda.jit(fastmath=FASTMATH, **options)
+    @cuda.jit(fastmath=FASTMATH, **jit_options(THREADS, shared_bytes(Br, Bc, D), WARPS_PER_SM))
     def bwd_dq(q, k, v, do, lse2, delta, dq, scale_log2, scale, group, left, right):
         q_i = cuda.shared.array((Br, DP), float32)
         do_i = cuda.shared.array((Br, DP), float32)
@@ -324,11 +308,7 @@ def build_dq(Br, Bc, D, RM, RN):
         n_kv = k.shape[2]
         shift = n_kv - n_q
         i0 = (cuda.gridDim.x - 1 - cuda.blockIdx.x) * Br
-        key_lo = max(first_key(i0, shift, left), 0)
-        i_last = min(i0 + Br, n_q) - 1
-        key_hi = min(last_key(i_last, shift, right) + 1, n_kv)
-        j_start = key_lo // Bc
-        j_end = (key_hi + Bc - 1) // Bc if key_hi > key_lo else j_start
+        j_start, j_end = kv_tile_range(i0, min(i0 + Br, n_q) - 1, Bc, shift, left, right, n_kv)
 
         for a in range(AM):
             for x in range(DT):
@@ -397,8 +377,6 @@ def build_dq(Br, Bc, D, RM, RN):
 
 
 def needs(problem, config):
-    from ..harness.runner import Needs
-
     Br, Bc, RM, RN = tiles(problem, config)
     D = problem.head_dim
     rules = {"RM divides Br and Bc (after the cap at 2048 // D)": Br % RM == 0 and Bc % RM == 0,
@@ -423,12 +401,12 @@ def launch(problem, config, q, k, v, o, lse, do, dq, dk, dv, gpu):
     left, right = p.mask_bounds()
     lse2 = gpu.empty(p.lse_shape, np.float32)
     delta = gpu.empty(p.lse_shape, np.float32)
-    gpu.launch(build_prep(D), (-(-p.seq_q // PREP_ROWS), p.batch * p.heads), 32 * PREP_ROWS,
+    gpu.launch(build_prep(D), (cdiv(p.seq_q, PREP_ROWS), p.batch * p.heads), 32 * PREP_ROWS,
                o, do, lse, lse2, delta)
     scale_log2, scale = LOG2E * np.float32(p.scale), np.float32(p.scale)
     threads_kv = (Bc // RM) * (Br // RN)
-    gpu.launch(build_dkdv(Br, Bc, D, RM, RN), (-(-p.seq_kv // Bc), p.batch * p.kv_heads), threads_kv,
+    gpu.launch(build_dkdv(Br, Bc, D, RM, RN), (cdiv(p.seq_kv, Bc), p.batch * p.kv_heads), threads_kv,
                q, k, v, do, lse2, delta, dk, dv, scale_log2, scale, p.group, left, right)
     threads_q = (Br // RM) * (Bc // RN)
-    gpu.launch(build_dq(Br, Bc, D, RM, RN), (-(-p.seq_q // Br), p.batch * p.heads), threads_q,
+    gpu.launch(build_dq(Br, Bc, D, RM, RN), (cdiv(p.seq_q, Br), p.batch * p.heads), threads_q,
                q, k, v, do, lse2, delta, dq, scale_log2, scale, p.group, left, right)

@@ -71,7 +71,9 @@ from numba import config as numba_config
 from numba import cuda, float32, types, uint32
 from numba.cuda.extending import intrinsic
 
-from .common import first_key, last_key, visible
+from .common import FASTMATH, LN2, LOG2E, NEG_INF, cdiv, kv_tile_range, unmasked_keys, visible
+from .contract import Needs
+from .hardware import min_blocks
 
 LESSON = "tensor cores: S = QKᵀ and O += PV as mma.sync tiles from a linked .cu, P kept in registers"
 # H100, D <= 64: 4 warps of 16 rows, 64 keys a tile, one K/V buffer, 4 CTAs per SM (128
@@ -87,12 +89,6 @@ DTYPES = ("float16", "bfloat16")
 GPU_ONLY = ("the simulator cannot link CUDA C++ (mma.cu); flash2_mma runs on a GPU only, and its "
             "compile check runs with no GPU (pytest tests/test_compile.py)")
 MMA_CU = os.path.join(os.path.dirname(__file__), "mma.cu")
-SM_SHARED, CTA_RESERVED = 228 * 1024, 1024
-
-FASTMATH = {"afn", "arcp", "contract"}  # as flash2: approximate exp2/log2/1/l, infinities kept
-NEG_INF = float32(-math.inf)
-LOG2E = np.float32(math.log2(math.e))
-LN2 = float32(math.log(2.0))
 FULL = 0xFFFFFFFF
 
 
@@ -147,12 +143,6 @@ def shared_bytes(Br, Bc, D, stages):
     return 2 * (Br + 2 * stages * Bc) * (D + 8)
 
 
-def min_blocks(threads, smem, warps_per_sm):
-    """CTAs per SM that launch_bounds sizes the registers for: what shared memory admits, but no
-    more than warps_per_sm warps (16: 4 CTAs of 4 warps, 128 registers a thread)."""
-    return max(1, min(warps_per_sm * 32 // threads, SM_SHARED // (smem + CTA_RESERVED)))
-
-
 @functools.cache
 def build(Br, Bc, D, stages, bf16, warps_per_sm=16, MT=1):
     """The kernel for these tiles, head dim D, input type (float16 or bfloat16) and MT m-tiles of
@@ -201,6 +191,8 @@ def build(Br, Bc, D, stages, bf16, warps_per_sm=16, MT=1):
         return copy
 
     copy_q, copy_kv = tile_copier(Br), tile_copier(Bc)
+    # hardware.min_blocks: what shared memory admits, at most warps_per_sm warps (16: 4 CTAs of
+    # 4 warps, 128 registers a thread)
     MIN_BLOCKS = min_blocks(THREADS, shared_bytes(Br, Bc, D, stages), warps_per_sm)
 
     @cuda.jit(fastmath=FASTMATH, launch_bounds=(THREADS, MIN_BLOCKS))
@@ -241,12 +233,8 @@ def build(Br, Bc, D, stages, bf16, warps_per_sm=16, MT=1):
 
         # The KV tiles this CTA needs, and the keys every one of its rows sees (flash2's rule).
         i_last = min(i0 + Br, n_q) - 1
-        key_lo = max(first_key(i0, shift, left), 0)
-        key_hi = min(last_key(i_last, shift, right) + 1, n_kv)
-        j_start = key_lo // Bc
-        j_end = (key_hi + Bc - 1) // Bc if key_hi > key_lo else j_start
-        inner_lo = max(first_key(i_last, shift, left), 0)
-        inner_hi = min(last_key(i0, shift, right) + 1, n_kv)
+        j_start, j_end = kv_tile_range(i0, i_last, Bc, shift, left, right, n_kv)
+        inner_lo, inner_hi = unmasked_keys(i0, i_last, shift, left, right, n_kv)
 
         for mt in range(MT):
             for r in range(2):
@@ -374,8 +362,6 @@ def build(Br, Bc, D, stages, bf16, warps_per_sm=16, MT=1):
 
 
 def needs(problem, config):
-    from ..harness.runner import Needs
-
     Br, Bc, stages, warps, MT = tiles(problem, config)
     D = problem.head_dim
     threads = 32 * max(1, Br // (16 * MT))
@@ -406,5 +392,5 @@ def launch(problem, config, q, k, v, o, lse, gpu):
     Br, Bc, stages, warps, MT = tiles(p, config)
     left, right = p.mask_bounds()
     kernel = build(Br, Bc, p.head_dim, stages, p.dtype == "bfloat16", warps, MT)
-    gpu.launch(kernel, (-(-p.seq_q // Br), p.batch * p.heads), 32 * (Br // (16 * MT)),
+    gpu.launch(kernel, (cdiv(p.seq_q, Br), p.batch * p.heads), 32 * (Br // (16 * MT)),
                q, k, v, o, lse, LOG2E * np.float32(p.scale), p.group, left, right)

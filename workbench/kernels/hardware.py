@@ -28,6 +28,7 @@ from numba import config as numba_config
 from numba import cuda
 
 KiB = 1024
+STATIC_SHARED = 48 * KiB  # Numba's shared arrays are static: sm_90 links at most 48 KiB of them
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class GPU:
     sm_count: int
     smem_per_sm: int  # shared memory an SM shares among its CTAs (bytes)
     smem_reserved_per_cta: int  # taken by the system from that, per resident CTA
-    smem_static_per_block: int  # Numba declares shared arrays statically: sm_90 links at most 48 KiB
+    smem_static_per_block: int  # what a kernel's static shared arrays may take (STATIC_SHARED)
     max_threads_per_block: int
     max_threads_per_sm: int
     regs_per_sm: int
@@ -49,7 +50,7 @@ class GPU:
     hbm_gbps: float  # device memory bandwidth, GB/s
 
 
-H100 = GPU("NVIDIA H100 80GB HBM3", (9, 0), 132, 228 * KiB, 1 * KiB, 48 * KiB, 1024, 2048,
+H100 = GPU("NVIDIA H100 80GB HBM3", (9, 0), 132, 228 * KiB, 1 * KiB, STATIC_SHARED, 1024, 2048,
            65536, 255, 50 * 1024 * KiB, 66.9, 989.4, 3350.0)
 H200 = replace(H100, name="NVIDIA H200", hbm_gbps=4800.0)
 KNOWN = (H100, H200)
@@ -65,7 +66,7 @@ def _from_device(dev) -> GPU:
         sm_count=dev.MULTIPROCESSOR_COUNT,
         smem_per_sm=dev.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
         smem_reserved_per_cta=dev.RESERVED_SHARED_MEMORY_PER_BLOCK,
-        smem_static_per_block=min(dev.MAX_SHARED_MEMORY_PER_BLOCK, 48 * KiB),
+        smem_static_per_block=min(dev.MAX_SHARED_MEMORY_PER_BLOCK, STATIC_SHARED),
         max_threads_per_block=dev.MAX_THREADS_PER_BLOCK,
         max_threads_per_sm=dev.MAX_THREADS_PER_MULTIPROCESSOR,
         regs_per_sm=dev.MAX_REGISTERS_PER_MULTIPROCESSOR, l2_bytes=dev.L2_CACHE_SIZE)

@@ -27,7 +27,8 @@ import math
 import numpy as np
 from numba import cuda, float32
 
-from .common import visible
+from .common import cdiv, visible
+from .contract import Needs
 
 LESSON = "attention as written: three kernels, the N² score matrix lives in device memory"
 DEFAULT_CONFIG = {"block_xy": 16, "block_rows": 128}  # threads: 16×16 per 2-D block, 128 rows per block
@@ -100,8 +101,6 @@ def pv(p, v, o, group):
 
 
 def needs(problem, config):
-    from ..harness.runner import Needs
-
     return Needs(shared_bytes=0)
 
 
@@ -116,7 +115,7 @@ def launch(problem, config, q, k, v, o, lse, gpu):
     s = gpu.empty((p.batch, p.heads, p.seq_q, p.seq_kv), np.float32)
     left, right = p.mask_bounds()
     bh = p.batch * p.heads
-    gpu.launch(scores, (-(-p.seq_kv // t), -(-p.seq_q // t), bh), (t, t),
+    gpu.launch(scores, (cdiv(p.seq_kv, t), cdiv(p.seq_q, t), bh), (t, t),
                q, k, s, np.float32(p.scale), p.group, left, right)
-    gpu.launch(softmax, (-(-p.seq_q // rows), bh), rows, s, lse)
-    gpu.launch(pv, (-(-p.head_dim // t), -(-p.seq_q // t), bh), (t, t), s, v, o, p.group)
+    gpu.launch(softmax, (cdiv(p.seq_q, rows), bh), rows, s, lse)
+    gpu.launch(pv, (cdiv(p.head_dim, t), cdiv(p.seq_q, t), bh), (t, t), s, v, o, p.group)

@@ -40,10 +40,10 @@ import numpy as np
 from numba import cuda, float32
 
 from .common import NEG_INF, cdiv
+from .contract import Needs
 from .tiles import rows
 
 LESSON = "one fused pass: online softmax (running m, l; O rescaled by e^(m_old - m_new)), no N² buffer"
-# Shared memory is 4·(D·Br + 2·Bc·D + Bc·Br) bytes: 42 KiB at D = 128 with these tiles (limit: 48).
 DEFAULT_CONFIG = {"Br": 64, "Bc": 8}  # Br query rows (= threads) per block, Bc keys per K/V tile
 SIM_CONFIG = {"Br": 8, "Bc": 4}  # the simulator runs each thread as a Python thread
 # A thread holds its O row (D floats) in registers: past 128 it spills.
@@ -52,7 +52,7 @@ HEAD_DIMS = tuple(range(8, 129, 8))
 
 def shared_bytes(Br, Bc, D):
     """Static shared memory of one block, float32: Q_iᵀ (D × Br), K_j and V_j (Bc × D each),
-    P_ijᵀ (Bc × Br)."""
+    P_ijᵀ (Bc × Br): 42 KiB at D = 128 with the default tiles (limit: 48)."""
     return 4 * (D * Br + 2 * Bc * D + Bc * Br)
 
 
@@ -126,8 +126,6 @@ def build(Br, Bc, D):
 
 
 def needs(problem, config):
-    from ..harness.runner import Needs
-
     return Needs(shared_bytes=shared_bytes(config["Br"], config["Bc"], problem.head_dim),
                  head_dims=HEAD_DIMS)
 

@@ -37,7 +37,8 @@ import math
 import numpy as np
 from numba import cuda, float32
 
-from .common import visible
+from .common import NEG_INF, cdiv, visible
+from .contract import Needs
 
 LESSON = "data reuse: the same three kernels, each tile loaded once into shared memory for a whole block"
 DEFAULT_CONFIG = {"tile": 16, "softmax_threads": 128}  # threads: 16×16 per tile block, 128 per row
@@ -103,7 +104,7 @@ def softmax_kernel(threads):
         b, h = bh // heads, bh % heads
         n_kv = s.shape[3]
         red = cuda.shared.array(threads, float32)  # one partial result per thread
-        m = float32(-math.inf)  # a bare -math.inf would be float64 and drag the row into FP64
+        m = NEG_INF  # (common.NEG_INF: float32; a bare -math.inf would drag the row into FP64)
         for j in range(t, n_kv, threads):
             m = max(m, s[b, h, i, j])
         red[t] = m
@@ -116,7 +117,7 @@ def softmax_kernel(threads):
             half //= 2
         m = red[0]
         cuda.syncthreads()  # everyone has read red[0] before the sum reuses `red`
-        if m == float32(-math.inf):  # the mask hides every key from this row: P = 0, LSE = -inf
+        if m == NEG_INF:  # the mask hides every key from this row: P = 0, LSE = -inf
             for j in range(t, n_kv, threads):
                 s[b, h, i, j] = float32(0)
             if t == 0:
@@ -178,8 +179,6 @@ def pv_kernel(tile):
 
 
 def needs(problem, config):
-    from ..harness.runner import Needs
-
     t, threads = config["tile"], config["softmax_threads"]
     shared = max(4 * (t * t + t * (t + 1)),  # scores: Q tile + padded K tile
                  4 * threads,  # softmax: one float per thread
@@ -199,7 +198,7 @@ def launch(problem, config, q, k, v, o, lse, gpu):
     s = gpu.empty((p.batch, p.heads, p.seq_q, p.seq_kv), np.float32)
     left, right = p.mask_bounds()
     bh = p.batch * p.heads
-    gpu.launch(scores_kernel(t), (-(-p.seq_kv // t), -(-p.seq_q // t), bh), (t, t),
+    gpu.launch(scores_kernel(t), (cdiv(p.seq_kv, t), cdiv(p.seq_q, t), bh), (t, t),
                q, k, s, np.float32(p.scale), p.group, left, right)
     gpu.launch(softmax_kernel(threads), (p.seq_q, bh), threads, s, lse)
-    gpu.launch(pv_kernel(t), (-(-p.head_dim // t), -(-p.seq_q // t), bh), (t, t), s, v, o, p.group)
+    gpu.launch(pv_kernel(t), (cdiv(p.head_dim, t), cdiv(p.seq_q, t), bh), (t, t), s, v, o, p.group)

@@ -1,11 +1,11 @@
-"""The tile machinery of the fused rungs: rung 3's thread per row (`rows`), and the tile engine of
-rungs 4 and 5 (flash1, flash2: `engine`), one CTA's work on a Br × Bc tile of S.
+"""The tile machinery of the fused rungs: `engine`, the CTA tile engine of rungs 4 and 5 (flash1,
+flash2), and `rows`, rung 3's (online) one thread per query row.
 
-Both rungs compute, for a query block Q_i (Br rows) and a KV tile K_j, V_j (Bc keys) in shared
-memory, S = Q_i K_jᵀ, its row maxima, P = 2^(S − m) and O += P V_j, with the same threads, the
-same register tiles and the same loads. They differ only in the order they visit (i, j) and in
+flash1 and flash2 compute, for a query block Q_i (Br rows) and a KV tile K_j, V_j (Bc keys) in
+shared memory, S = Q_i K_jᵀ, its row maxima, P = 2^(S − m) and O += P V_j, with the same threads,
+the same register tiles and the same loads. They differ only in the order they visit (i, j) and in
 where O, m and l live between visits; that is the lesson of each rung and stays in its module.
-This module is what they share, as inline device functions built for constant tiles:
+`engine` is what they share, as inline device functions built for constant tiles:
 
 - Threads. A CTA is a TR × TC grid of threads. Thread (tr, tc) owns RM query rows
   r = tr + TR·a (a < RM) and, for each, RN keys c = tc + TC·b (b < RN) of S and DT = D / TC
@@ -40,12 +40,12 @@ import numpy as np
 from numba import cuda, float32
 
 from .common import NEG_INF, cdiv, load_f32, to_io, unmasked_keys, visible
+from .hardware import STATIC_SHARED
 from .warp import FULL_MASK, segment_max
 
 HEAD_DIMS = (16, 32, 64, 128)
 Q_BLOCK_ELEMS = 4096  # Br·D at most: the rule that keeps D = 128 inside 48 KiB
 LOADS_IN_FLIGHT = 16  # a tile loader's loads per thread per step (all unrolled)
-STATIC_SHARED = 48 * 1024  # Numba's shared arrays are static: sm_90 links at most 48 KiB
 
 
 def tile_shape(problem, config, kv_buffers=1):
@@ -235,7 +235,8 @@ def engine(Br, Bc, D, RM, RN) -> Engine:
                 for u in range(4):
                     for n in range(NV):
                         for w in range(VW):
-                            vf[n * VW + w] = v_j[np.uint64(c + u), np.uint64(VW * (tc + TC * n) + w)]
+                            col = VW * (tc + TC * n) + w  # my O columns
+                            vf[n * VW + w] = v_j[np.uint64(c + u), np.uint64(col)]
                     for a in range(RM):
                         for x in range(DT):
                             acc[a, x] += pf[a, u] * vf[x]
