@@ -107,7 +107,7 @@ def test_online_traffic_is_exactly_its_formula(config):
 
 def test_flash1_reads_k_and_v_once_and_q_once_per_kv_block():
     """FA1's loop order, counted: K and V once per head, Q once per KV block (Tc times)."""
-    B, H, Nq, Nkv, D = 1, 1, 9, 11, 8
+    B, H, Nq, Nkv, D = 1, 1, 9, 11, 16
     t = workbench.traffic("flash1", Problem(B, H, H, Nq, Nkv, D))
     Tc = -(-Nkv // t.config["Bc"])
     arrays = t.by_array()

@@ -89,7 +89,7 @@ def test_tile_ranges_follow_flash2s_default_tiles():
 
 COUNTED = [
     ("naive", Problem(1, 2, 1, 13, 21, 8, causal=True)), ("tiled", Problem(1, 2, 2, 13, 13, 8)),
-    ("online", Problem(1, 2, 1, 13, 29, 8, causal=True)), ("flash1", Problem(1, 2, 2, 13, 13, 8, "float16")),
+    ("online", Problem(1, 2, 1, 13, 29, 8, causal=True)), ("flash1", Problem(1, 2, 2, 13, 13, 16, "float16")),
     ("flash2", Problem(1, 2, 2, 29, 29, 16, causal=True)), ("flash2", Problem(1, 2, 1, 21, 21, 16, window=(5, 0))),
 ]
 
