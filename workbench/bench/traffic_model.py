@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from workbench.kernels.common import cdiv, kv_tile_range_host
 from workbench.problem import Problem
 
 F32 = 4  # bytes of a float32: S, P, the scratch O, m, l, LSE are always float32
@@ -51,9 +52,6 @@ class Phase:
         """FLOP per byte of device-memory traffic (at best)."""
         return self.flops / self.min_bytes
 
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def phases(problem: Problem) -> list[Phase]:
@@ -85,11 +83,8 @@ def flash2_tile_ranges(problem: Problem, Br: int, Bc: int) -> list[tuple[int, in
     shift = p.seq_kv - p.seq_q
     out = []
     for i0 in range(0, p.seq_q, Br):
-        key_lo = max(i0 + shift - left, 0)
         i_last = min(i0 + Br, p.seq_q) - 1
-        key_hi = min(i_last + shift + right + 1, p.seq_kv)
-        j_start = key_lo // Bc
-        j_end = _cdiv(key_hi, Bc) if key_hi > key_lo else j_start
+        j_start, j_end = kv_tile_range_host(i0, i_last, Bc, shift, left, right, p.seq_kv)
         out.append((j_start, j_end))
     return out
 
@@ -124,18 +119,18 @@ def requested(rung, problem: Problem, config: dict | None = None) -> dict:
         out["O"] = bh * nq * d * s
     elif rung.name == "tiled":
         t = cfg["tile"]
-        out["Q"] = bh * nq * row_q * _cdiv(nkv, t)
-        out["K"] = bh * nkv * row_kv * _cdiv(nq, t)
-        out["S/P"] = bh * nq * nkv * F32 * (1 + 3 + 1 + _cdiv(d, t))
-        out["V"] = bh * nkv * row_kv * _cdiv(nq, t)
+        out["Q"] = bh * nq * row_q * cdiv(nkv, t)
+        out["K"] = bh * nkv * row_kv * cdiv(nq, t)
+        out["S/P"] = bh * nq * nkv * F32 * (1 + 3 + 1 + cdiv(d, t))
+        out["V"] = bh * nkv * row_kv * cdiv(nq, t)
         out["O"] = bh * nq * d * s
     elif rung.name == "online":
-        tr = _cdiv(nq, cfg["Br"])
+        tr = cdiv(nq, cfg["Br"])
         out["Q"] = bh * nq * row_q
         out["K"] = out["V"] = bh * tr * nkv * row_kv
         out["O"] = bh * nq * d * s
     elif rung.name == "flash1":
-        tc = _cdiv(nkv, cfg["Bc"])
+        tc = cdiv(nkv, cfg["Bc"])
         out["Q"] = bh * tc * nq * row_q
         out["K"] = out["V"] = bh * nkv * row_kv
         out["O"] = bh * nq * d * (2 * (tc - 1) * F32 + s)  # (Tc − 1) writes and reads, then the final O

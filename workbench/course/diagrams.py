@@ -18,6 +18,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from workbench.bench import traffic_model
 from workbench.kernels import get
+from workbench.kernels.common import unmasked_keys_host
 from workbench.problem import Problem
 
 CMAP = plt.get_cmap("tab20")
@@ -151,8 +152,7 @@ def flash2_tile_kinds(problem: Problem, Br: int, Bc: int) -> np.ndarray:
     for bi, (js, je) in enumerate(ranges):
         i0 = bi * Br
         i_last = min(i0 + Br, p.seq_q) - 1
-        inner_lo = max(i_last + shift - left, 0)
-        inner_hi = min(i0 + shift + right + 1, p.seq_kv)
+        inner_lo, inner_hi = unmasked_keys_host(i0, i_last, shift, left, right, p.seq_kv)
         for j in range(js, je):
             j0 = j * Bc
             kinds[bi, j] = 1 if (j0 < inner_lo or j0 + Bc > inner_hi) else 2

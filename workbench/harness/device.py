@@ -7,10 +7,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from workbench.kernels import hardware
 from workbench.target import mode, mode_reason, select_mode, simulator  # noqa: F401
+
 
 @dataclass(frozen=True)
 class DeviceFacts:
+    """The limits a launch is checked against (what kernels/hardware.py knows, seen by the harness)."""
+
     name: str
     compute_capability: tuple[int, int]
     sm_count: int
@@ -19,31 +23,27 @@ class DeviceFacts:
     max_grid_yz: int
 
 
+MAX_GRID_YZ = 65535  # the y and z grid dimensions' limit on every GPU since sm_30
+
+
+def _facts_of(gpu: hardware.GPU) -> DeviceFacts:
+    return DeviceFacts(gpu.name, gpu.compute_capability, gpu.sm_count, gpu.max_threads_per_block,
+                       gpu.smem_static_per_block, MAX_GRID_YZ)
+
+
 # Numba declares shared arrays statically, and static shared memory over 48 KiB fails to link for
-# sm_90 (../shared/numba-cuda-notes.md), so 48 KiB is the budget on the H100 too.
-H100 = DeviceFacts("NVIDIA H100 80GB HBM3", (9, 0), 132, 1024, 48 * 1024, 65535)
+# sm_90 (../shared/numba-cuda-notes.md), so 48 KiB is the budget on the H100 and H200 too.
+H100 = _facts_of(hardware.H100)
+H200 = _facts_of(hardware.H200)
 
 
 def facts() -> DeviceFacts:
-    """The limits launches are checked against: the real device's on a GPU, the H100's otherwise
-    (so a config that the simulator would accept but sm_90 would not is refused here too)."""
+    """The limits launches are checked against: the present GPU's (kernels/hardware.current()), the
+    H100's in the simulator or with no GPU (so a config that the simulator would accept but sm_90
+    would not is refused here too)."""
     if simulator():
         return H100
-    from numba import cuda
-
-    try:
-        dev = cuda.get_current_device()
-    except Exception:  # compiling ahead of time with no GPU (workbench.bench.resources): check as for sm_90
-        return H100
-    name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
-    return DeviceFacts(
-        name,
-        tuple(dev.compute_capability),
-        dev.MULTIPROCESSOR_COUNT,
-        dev.MAX_THREADS_PER_BLOCK,
-        min(dev.MAX_SHARED_MEMORY_PER_BLOCK, 48 * 1024),
-        dev.MAX_GRID_DIM_Y,
-    )
+    return _facts_of(hardware.current())
 
 
 def slug(name: str) -> str:

@@ -207,11 +207,14 @@ def check_config(rung, problem, config=None) -> dict:
     """Merge and check a config against the problem and the device; ValueError before any launch.
     A config that passed for a (rung, problem) is remembered, so a call repeated on the same shapes
     (every layer of a model, every step of decoding) does not plan its launches again."""
-    try:
-        key = (rung.name, id(rung.module), problem, None if config is None else tuple(sorted(config.items())))
-        hash(key)
-    except TypeError:  # an unhashable config value: checked below, with its own error
-        key = None
+    key = None
+    if config is None or isinstance(config, dict):
+        try:
+            key = (rung.name, id(rung.module), problem,
+                   None if config is None else tuple(sorted(config.items())))
+            hash(key)
+        except TypeError:  # an unhashable value or problem: checked below, with its own error
+            key = None
     if key is not None and key in _CHECKED:
         return dict(_CHECKED[key])
     cfg = _check_config(rung, problem, config)
