@@ -238,11 +238,12 @@ def build_dkdv(Br, Bc, D, RM, RN):
                     key = tr + TR * a
                     for c in range(RN):
                         row = tc + TC * c
-                        p = math.exp2(st[a, c] * scale_log2 - l_s[row])
-                        if edge:
+                        x = st[a, c] * scale_log2 - l_s[row]  # <= 0 where visible
+                        if edge:  # masked before exponentiating: a masked x may be huge
                             if (i0 + row >= n_q or j0 + key >= n_kv
                                     or not visible(i0 + row, j0 + key, shift, left, right)):
-                                p = float32(0)
+                                x = NEG_INF
+                        p = math.exp2(x)
                         p_s[key, row] = p
                         ds_s[key, row] = p * (dpt[a, c] - d_s[row])
                 cuda.syncthreads()  # P and dS are in shared memory
@@ -350,11 +351,12 @@ def build_dq(Br, Bc, D, RM, RN):
                 row = tr + TR * a
                 for c in range(RN):
                     key = tc + TC * c
-                    p = math.exp2(s[a, c] * scale_log2 - lrow[a])
-                    if edge:
+                    x = s[a, c] * scale_log2 - lrow[a]  # <= 0 where visible
+                    if edge:  # masked before exponentiating: a masked x may be huge
                         if (i0 + row >= n_q or j0 + key >= n_kv
                                 or not visible(i0 + row, j0 + key, shift, left, right)):
-                            p = float32(0)
+                            x = NEG_INF
+                    p = math.exp2(x)
                     ds_s[row, key] = p * (dp[a, c] - drow[a])
             cuda.syncthreads()  # dS is in shared memory
 
