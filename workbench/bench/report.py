@@ -57,7 +57,7 @@ def speed_table(folder, dtype="float16") -> str:
             _fmt(_ms(pts, "flash2", n, dtype)), _fmt(flash), _fmt(claim["Flash Attn 3 (FP16)"].get(n)),
             _fmt(_ms(pts, "sdpa-cudnn", n, dtype)), ratio]) + " |")
     note = (f"\n\nForward ms, B=8 H=32 D=64 {dtype}, median of CUDA-event timings with L2 flushed, on "
-            f"{prov['device']} ({prov['date'][:10]}; `{prov['command']}`). Page: the seed page's H100 "
+            f"{prov['device']} ({prov['date'][:10]}; `{prov['command']}`). Page: the benchmark page's H100 "
             f"table (dtype unstated). From `figures/{os.path.basename(folder.rstrip('/'))}/seed-speed.json`.")
     return "\n".join(rows) + note
 
