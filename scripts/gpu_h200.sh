@@ -16,17 +16,7 @@
 set -u
 OUT=${1:?usage: gpu_h200.sh OUT forward|backward|decode|course}
 mkdir -p "$OUT"
-pack() { tar czf "$OUT/$1.tgz" -C "$OUT" "$1" && rm -rf "${OUT:?}/$1"; }
-step() {  # name limit_s command...
-  local name=$1 limit=$2; shift 2
-  mkdir -p "$OUT/$name"
-  local t0=$(date +%s)
-  timeout -k 10 "$limit" "$@" > "$OUT/$name/log.txt" 2>&1
-  local rc=$?
-  echo "$name rc=$rc $(( $(date +%s) - t0 ))s" | tee -a "$OUT/$name/log.txt"
-  tail -25 "$OUT/$name/log.txt"
-  pack "$name"
-}
+. "$(dirname "$0")/gpu_steps.sh"
 case "${2:?which group}" in
   forward)
     step verify 300 python3 -m workbench.compare --suite verify --out "$OUT/verify" --no-plots
