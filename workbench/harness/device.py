@@ -20,6 +20,7 @@ class DeviceFacts:
     sm_count: int
     max_threads_per_block: int
     max_shared_per_block: int  # static shared memory a kernel may declare (bytes)
+    max_dynamic_shared_per_block: int  # dynamic shared memory, once the kernel's limit is raised
     max_grid_yz: int
 
 
@@ -28,7 +29,7 @@ MAX_GRID_YZ = 65535  # the y and z grid dimensions' limit on every GPU since sm_
 
 def _facts_of(gpu: hardware.GPU) -> DeviceFacts:
     return DeviceFacts(gpu.name, gpu.compute_capability, gpu.sm_count, gpu.max_threads_per_block,
-                       gpu.smem_static_per_block, MAX_GRID_YZ)
+                       gpu.smem_static_per_block, gpu.smem_optin_per_block, MAX_GRID_YZ)
 
 
 # Numba declares shared arrays statically, and static shared memory over 48 KiB fails to link for

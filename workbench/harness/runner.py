@@ -28,6 +28,7 @@ import numpy as np
 
 from workbench.kernels import of_kind
 from workbench.kernels.contract import Needs  # noqa: F401  (re-exported: rungs import it from here)
+from workbench.kernels.hardware import STATIC_SHARED, allow_dynamic_shared
 from . import device
 
 
@@ -51,6 +52,7 @@ class Launch:
     grid: tuple
     block: tuple
     argtypes: tuple
+    shared: int = 0  # dynamic shared memory, bytes
 
     @property
     def name(self) -> str:
@@ -130,7 +132,9 @@ class Launcher:
             self._note_free()
         return arr
 
-    def launch(self, kernel, grid, block, *args):
+    def launch(self, kernel, grid, block, *args, shared=0):
+        """Launch `kernel` on the launcher's stream; `shared`: bytes of dynamic shared memory (the
+        kernel declares `cuda.shared.array(0, dtype)`; above 48 KiB its limit is raised first)."""
         for i, a in enumerate(args):
             if isinstance(a, (float, np.float64)):
                 raise TypeError(
@@ -139,13 +143,16 @@ class Launcher:
                 )
         grid, block = _dims(grid), _dims(block)
         if self.live:  # (argument types are for planning: typing them again costs host time)
-            self.launches.append(Launch(kernel, grid, block, ()))
-            kernel[grid, block, self.stream](*args)
+            self.launches.append(Launch(kernel, grid, block, (), shared))
+            if shared > STATIC_SHARED and not device.simulator():
+                kernel = kernel.specialize(*args)
+                allow_dynamic_shared(kernel, shared)
+            kernel[grid, block, self.stream, shared](*args)
             self._note_free()
         else:
             from numba import typeof
 
-            self.launches.append(Launch(kernel, grid, block, tuple(typeof(a) for a in args)))
+            self.launches.append(Launch(kernel, grid, block, tuple(typeof(a) for a in args), shared))
 
     @property
     def driver_bytes(self) -> int | None:
@@ -243,10 +250,12 @@ def _check_config(rung, problem, config=None) -> dict:
     broken = [rule for rule, ok in needs.rules.items() if not ok]
     if broken:
         raise ValueError(f"{where}: config must satisfy: {'; '.join(broken)}")
-    if needs.shared_bytes > facts.max_shared_per_block:
+    limit, which = ((facts.max_dynamic_shared_per_block, "dynamic") if needs.dynamic_shared
+                    else (facts.max_shared_per_block, "static"))
+    if needs.shared_bytes > limit:
         raise ValueError(
             f"{where} needs {needs.shared_bytes} bytes of shared memory per block, over the "
-            f"{facts.max_shared_per_block}-byte static limit of {facts.name}: use smaller tiles"
+            f"{limit}-byte {which} limit of {facts.name}: use smaller tiles"
         )
     for launch in plan(rung, problem, cfg):
         if launch.threads > facts.max_threads_per_block or launch.block[0] > 1024:

@@ -36,7 +36,8 @@ from workbench.dtypes import device_dtype, host_dtype
 class Needs:
     """What a rung declares about a problem at a config; the harness does the checking."""
 
-    shared_bytes: int = 0  # static shared memory of its largest kernel, per block
+    shared_bytes: int = 0  # shared memory of its largest kernel, per block
+    dynamic_shared: bool = False  # shared_bytes is dynamic (may exceed 48 KiB: hardware.opt_in_shared)
     head_dims: tuple[int, ...] | None = None  # supported D (None: any)
     rules: dict = field(default_factory=dict)  # {"Br is a multiple of 4": bool, ...}
     dtypes: tuple[str, ...] = ("float32", "float16")  # I/O dtypes it takes (bfloat16: as uint16 bits)

@@ -15,6 +15,13 @@ Launch bounds. `launch_bounds=(threads, min_blocks)` tells ptxas to fit `min_blo
 `min_blocks` asks for as many CTAs as the shared memory admits, but no more warps than the rung's
 `warps_per_sm` (more CTAs than that would only squeeze registers into spills).
 
+Dynamic shared memory. Numba's shared arrays are static, and sm_90 links at most 48 KiB of them.
+A kernel that declares `cuda.shared.array(0, dtype)` gets the launch's dynamic shared memory
+(`kernel[grid, block, stream, nbytes]`), up to 227 KiB per block on Hopper, but above 48 KiB only
+after its limit is raised on the compiled function. numba-cuda has no public call for that
+(NVIDIA/numba-cuda#94): `allow_dynamic_shared` reaches into its compiled kernel for the driver
+handle, in this one place.
+
 Simulator. Numba's simulator refuses `launch_bounds`, an alignment other than None, and
 `cuda.syncwarp`; `jit_options`, `ALIGN` and `warp_sync` give each target what it takes.
 """
@@ -39,6 +46,7 @@ class GPU:
     smem_per_sm: int  # shared memory an SM shares among its CTAs (bytes)
     smem_reserved_per_cta: int  # taken by the system from that, per resident CTA
     smem_static_per_block: int  # what a kernel's static shared arrays may take (STATIC_SHARED)
+    smem_optin_per_block: int  # dynamic shared memory a block may take once its limit is raised
     max_threads_per_block: int
     max_threads_per_sm: int
     regs_per_sm: int
@@ -50,7 +58,7 @@ class GPU:
     hbm_gbps: float  # device memory bandwidth, GB/s
 
 
-H100 = GPU("NVIDIA H100 80GB HBM3", (9, 0), 132, 228 * KiB, 1 * KiB, STATIC_SHARED, 1024, 2048,
+H100 = GPU("NVIDIA H100 80GB HBM3", (9, 0), 132, 228 * KiB, 1 * KiB, STATIC_SHARED, 227 * KiB, 1024, 2048,
            65536, 255, 50 * 1024 * KiB, 66.9, 989.4, 3350.0)
 H200 = replace(H100, name="NVIDIA H200", hbm_gbps=4800.0)
 KNOWN = (H100, H200)
@@ -67,6 +75,7 @@ def _from_device(dev) -> GPU:
         smem_per_sm=dev.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
         smem_reserved_per_cta=dev.RESERVED_SHARED_MEMORY_PER_BLOCK,
         smem_static_per_block=min(dev.MAX_SHARED_MEMORY_PER_BLOCK, STATIC_SHARED),
+        smem_optin_per_block=dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
         max_threads_per_block=dev.MAX_THREADS_PER_BLOCK,
         max_threads_per_sm=dev.MAX_THREADS_PER_MULTIPROCESSOR,
         regs_per_sm=dev.MAX_REGISTERS_PER_MULTIPROCESSOR, l2_bytes=dev.L2_CACHE_SIZE)
@@ -97,6 +106,36 @@ def jit_options(threads, smem, warps_per_sm):
     if numba_config.ENABLE_CUDASIM:
         return {}
     return {"launch_bounds": (threads, min_blocks(threads, smem, warps_per_sm))}
+
+
+def allow_dynamic_shared(kernel, nbytes):
+    """Let `kernel` (a dispatcher specialised to one signature: `dispatcher.specialize(*args)`)
+    launch with `nbytes` of dynamic shared memory. Below 48 KiB nothing is needed; above, the
+    driver's limit for the compiled function is raised (once per kernel and size; the simulator
+    has no limit). The handle is Numba's internal `CUkernel` (`cuFuncSetAttribute` refuses it)."""
+    if numba_config.ENABLE_CUDASIM or nbytes <= STATIC_SHARED:
+        return
+    limit = current().smem_optin_per_block
+    if nbytes > limit:
+        raise ValueError(f"{nbytes} bytes of dynamic shared memory per block is over this GPU's "
+                         f"opt-in limit of {limit}: use smaller tiles")
+    _raise_limit(kernel, int(nbytes))
+
+
+@functools.lru_cache(maxsize=None)
+def _raise_limit(kernel, nbytes):
+    from cuda.bindings import driver
+
+    if len(kernel.overloads) != 1:
+        raise TypeError("allow_dynamic_shared takes a dispatcher specialised to one signature "
+                        "(kernel.specialize(*args))")
+    (compiled,) = kernel.overloads.values()
+    handle = compiled._codelibrary.get_cufunc().handle  # numba-cuda internals (see the module)
+    dev = cuda.get_current_device().id
+    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    (err,) = driver.cuKernelSetAttribute(attr, nbytes, handle, dev)
+    if err != driver.CUresult.CUDA_SUCCESS:
+        raise RuntimeError(f"cuKernelSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES, {nbytes}) failed: {err}")
 
 
 # Shared rows start 16-byte aligned, so 4 floats are one 128-bit load (the simulator refuses an
