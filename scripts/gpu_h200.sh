@@ -10,11 +10,13 @@
 #                                            #   SDPA, the seed-inference suite
 #   bash scripts/gpu_h200.sh OUT course      # issues 17/18/19: notebooks live, the grader on a GPU,
 #                                            #   the torch operators' GPU tests, the GPU test suite
+#   bash scripts/gpu_h200.sh OUT torch       # issue 19: torch-integration.{json,png} (opcheck, stream,
+#                                            #   graph, overhead vs SDPA, torch.compile training)
 #
 # Start each device command with the numpy-2.4 wheel install (../shared/device-wheels.sh) and pass
 # carry: [".whl"]. Unpack the tgz files into figures/h200/ (the JSON files carry their provenance).
 set -u
-OUT=${1:?usage: gpu_h200.sh OUT forward|backward|decode|course}
+OUT=${1:?usage: gpu_h200.sh OUT forward|backward|decode|course|torch}
 mkdir -p "$OUT"
 . "$(dirname "$0")/gpu_steps.sh"
 case "${2:?which group}" in
@@ -35,6 +37,9 @@ case "${2:?which group}" in
     step notebooks 200 python3 scripts/run_notebooks.py "$OUT/notebooks"
     step assignments 150 python3 scripts/gpu_assignments.py "$OUT/assignments" online-softmax
     step gpu_tests 120 env NUMBA_ENABLE_CUDASIM=0 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests
+    ;;
+  torch)
+    step torch_integration 420 python3 -m workbench.bench.torch_integration "$OUT/torch_integration"
     ;;
   *) echo "unknown group $2" >&2; exit 2 ;;
 esac

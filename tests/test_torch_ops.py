@@ -21,6 +21,11 @@ def test_fake_implementations_give_shapes_without_running():
     assert lse.shape == (2, 8, 33) and lse.dtype == torch.float32
     dq, dk, dv = torch.ops.workbench.attention_backward(o, q, k, k, o, lse, True, -1, -1, None)
     assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == k.shape
+    cache = torch.empty(9, 2, 16, 64, device="meta", dtype=torch.float16)
+    table = torch.empty(2, 4, device="meta", dtype=torch.int32)
+    lens = torch.empty(2, device="meta", dtype=torch.int32)
+    o, lse = torch.ops.workbench.decode(q[:, :, :1], cache, cache, table, lens, True, -1, -1, None)
+    assert o.shape == (2, 8, 1, 64) and o.dtype == q.dtype and lse.shape == (2, 8, 1)
 
 
 def test_sdpa_refuses_what_it_does_not_do():
@@ -49,6 +54,35 @@ def test_opcheck(dtype):
     for x in (q, k, v):
         x.requires_grad_()  # opcheck then also checks the registered autograd
     torch.library.opcheck(torch.ops.workbench.attention.default, (q, k, v, True, -1, -1, None))
+
+
+def _paged(dtype=torch.float16, b=3, h=8, hkv=2, d=64, block=16, seed=1):
+    """A paged cache with shuffled physical blocks, and the contiguous K, V it holds."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    lens = torch.tensor([37, 1, 64][:b], dtype=torch.int32, device="cuda")
+    per_seq = -(-64 // block)
+    perm = torch.randperm(b * per_seq, generator=torch.Generator().manual_seed(seed)).to("cuda")
+    table = perm.reshape(b, per_seq).to(torch.int32)
+    k_cache = torch.randn(b * per_seq, hkv, block, d, device="cuda", dtype=dtype, generator=g)
+    v_cache = torch.randn(b * per_seq, hkv, block, d, device="cuda", dtype=dtype, generator=g)
+    q = torch.randn(b, h, 1, d, device="cuda", dtype=dtype, generator=g)
+    return q, k_cache, v_cache, table, lens
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_decode_opcheck_and_float64(dtype):
+    q, kc, vc, table, lens = _paged(dtype)
+    torch.library.opcheck(torch.ops.workbench.decode.default, (q, kc, vc, table, lens, True, -1, -1, None))
+    o, _ = torch.ops.workbench.decode(q, kc, vc, table, lens, True, -1, -1, None)
+    for b in range(q.shape[0]):  # each sequence against float64 on its gathered cache
+        n = int(lens[b])
+        blocks = table[b].long()
+        k = kc[blocks].permute(1, 0, 2, 3).reshape(kc.shape[1], -1, kc.shape[3])[:, :n]
+        v = vc[blocks].permute(1, 0, 2, 3).reshape(vc.shape[1], -1, vc.shape[3])[:, :n]
+        ref, _ = workbench.reference.attention(*(x.double().cpu().numpy()[None] for x in (q[b], k, v)),
+                                               causal=True)
+        assert np.abs(o[b].double().cpu().numpy() - ref[0]).max() < 2e-2
 
 
 @gpu
@@ -107,3 +141,29 @@ def test_gradients_match_sdpa():
     for ours, theirs in zip(grads, (q.grad, k.grad, v.grad)):
         rel = (ours.float() - theirs.float()).norm() / theirs.float().norm()
         assert rel < 5e-3, rel
+
+
+def test_integration_models_train_alike_on_the_cpu(tmp_path):
+    """bench/torch_integration's model and loop (the GPU run compares workbench's attention with
+    SDPA's under torch.compile): on the CPU with SDPA twice, the same seed gives the same curve
+    near ln(vocab), another attention of the same maths a curve within rounding, and the figure draws."""
+    import torch.nn.functional as F
+
+    from workbench.bench import torch_integration as ti
+
+    small = dict(seq=32, batch=4, d_model=64, heads=2, vocab=64)
+    a = ti.train(F.scaled_dot_product_attention, steps=6, device="cpu", compile=False, autocast=False, **small)
+    b = ti.train(F.scaled_dot_product_attention, steps=6, device="cpu", compile=False, autocast=False, **small)
+    assert a == b and all(abs(x - np.log(64)) < 1.0 for x in a)  # random tokens: about ln(vocab)
+
+    def naive(q, k, v, is_causal):  # a different attention: a different (still finite) curve
+        s = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+        s = s.masked_fill(torch.ones_like(s, dtype=torch.bool).triu(1), float("-inf"))
+        return s.softmax(-1) @ v
+
+    c = ti.train(naive, steps=6, device="cpu", compile=False, autocast=False, **small)
+    assert max(abs(x - y) / y for x, y in zip(a, c)) < 1e-3  # the same maths, other rounding
+    data = {"provenance": {"device": "cpu"}, "compile": {"losses": {"x": a, "y": c}},
+            "overhead": [{"shape": "tiny", "workbench": {"host_us": 2.0}, "sdpa": {"host_us": 1.0}}]}
+    ti.plot(data, tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 1000

@@ -12,8 +12,12 @@ Operators (namespace `workbench`):
 - `workbench::attention_backward(do, q, k, v, o, lse, causal, window_left, window_right, scale)
   -> (dq, dk, dv)`: the tensor-core backward (flash2_mma_bwd) for float16/bfloat16 where it exists,
   flash2_bwd otherwise.
+- `workbench::decode(q, k_cache, v_cache, block_table, seq_lens, causal, window_left, window_right,
+  scale) -> (o, lse)`: the paged-cache decode rung (paged_decode), for serving: q (B, H, Nq, D) new
+  tokens, caches (num_blocks, Hkv, block_size, D), block_table (B, max_blocks) and seq_lens (B,)
+  int32 CUDA tensors. Inference only (no autograd).
 
-Both launch on the caller's current torch stream and allocate their outputs with torch (its caching
+All three launch on the caller's current torch stream and allocate their outputs with torch (its caching
 allocator). Windows use FlashAttention's `window_size` convention, -1 unbounded.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from workbench.api.forward import attention as _attention
+from workbench.api.inference import decode as _decode
 from workbench.api.training import backward as _backward
 from workbench.kernels import LADDER, BACKWARD
 
@@ -93,6 +98,21 @@ def _backward_rule(ctx, do, dlse):
 
 
 attention_op.register_autograd(_backward_rule, setup_context=_setup_context)
+
+
+@torch.library.custom_op("workbench::decode", mutates_args=(), device_types="cuda")
+def decode_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+              seq_lens: torch.Tensor, causal: bool, window_left: int, window_right: int,
+              scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    o, lse = _decode(q, k_cache, v_cache, block_table, seq_lens, causal=causal,
+                     window=_window(window_left, window_right), scale=scale, return_lse=True)
+    return o, lse
+
+
+@decode_op.register_fake
+def _(q, k_cache, v_cache, block_table, seq_lens, causal, window_left, window_right, scale):
+    b, h, n, _ = q.shape
+    return torch.empty_like(q), q.new_empty((b, h, n), dtype=torch.float32)
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
