@@ -286,9 +286,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="folder for torch-integration.json and .png")
     args = ap.parse_args(argv)
-    import workbench
+    from workbench.target import mode
 
-    if workbench.mode() != "gpu":
+    if mode() != "gpu":
         raise SystemExit("torch_integration needs a CUDA GPU (and NUMBA_ENABLE_CUDASIM unset)")
     os.makedirs(args.out, exist_ok=True)
     data = measure()
