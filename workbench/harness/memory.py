@@ -1,6 +1,7 @@
 """Device memory of one call: the analytic model beside what was measured.
 
-Model: the call's own arrays (Q, K, V, O, LSE: `Problem.io_bytes`) plus the rung's scratch
+Model: the call's own arrays (what the rung declares: Q, K, V, O, LSE for a forward rung, plus dO,
+dQ, dK, dV for a backward one, the paged cache and its tables for decode) plus the rung's scratch
 (`workspace_bytes(problem, config)`: the N² score matrix for rungs 1-2, O/m/l for flash1, nothing
 for the fused rungs).
 
@@ -28,13 +29,20 @@ class Memory:
                 "driver_MiB": None if self.driver_bytes is None else self.driver_bytes / mb}
 
 
+def io_bytes(rung, problem) -> int:
+    """The call's own arrays, from the rung's declaration (runner.declared_bytes)."""
+    from .runner import declared_bytes
+
+    return declared_bytes(rung, problem)
+
+
 def model_bytes(rung, problem, config) -> int:
-    return problem.io_bytes() + rung.module.workspace_bytes(problem, config)
+    return io_bytes(rung, problem) + rung.module.workspace_bytes(problem, config)
 
 
 def account(rung, problem, config, launcher) -> Memory:
     """The memory of a call that `launcher` (runner.run's result) made."""
-    io = problem.io_bytes()
+    io = io_bytes(rung, problem)
     driver = None if launcher.driver_bytes is None else io + launcher.driver_bytes
     return Memory(model_bytes(rung, problem, config), io + launcher.workspace_bytes, driver)
 

@@ -21,24 +21,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from workbench.kernels import hardware
+
 
 @dataclass(frozen=True)
 class SMLimits:
-    name: str = "H100 (sm_90)"
-    regs_per_sm: int = 65536
+    """The per-SM limits the calculator uses: kernels/hardware's facts of a GPU, plus the
+    allocation granules of compute capability 9.0 (cuda_occupancy.h), which hardware does not hold."""
+
+    name: str
+    regs_per_sm: int
+    max_regs_per_thread: int
+    smem_per_sm: int
+    smem_per_block_max: int  # with the opt-in attribute; 48 KiB static
+    smem_reserved_per_block: int
+    max_threads_per_sm: int
     reg_alloc_unit: int = 256  # registers, per warp
     sub_partitions: int = 4
-    max_regs_per_thread: int = 255
-    smem_per_sm: int = 228 * 1024
-    smem_per_block_max: int = 227 * 1024  # with the opt-in attribute; 48 KiB static
-    smem_reserved_per_block: int = 1024
     smem_alloc_unit: int = 128
-    max_threads_per_sm: int = 2048
     max_blocks_per_sm: int = 32
     warp_size: int = 32
 
+    @classmethod
+    def of(cls, gpu: hardware.GPU) -> "SMLimits":
+        return cls(f"{gpu.name} (sm_{gpu.compute_capability[0]}{gpu.compute_capability[1]})",
+                   gpu.regs_per_sm, gpu.max_regs_per_thread, gpu.smem_per_sm, gpu.smem_optin_per_block,
+                   gpu.smem_reserved_per_cta, gpu.max_threads_per_sm)
 
-H100 = SMLimits()
+
+H100 = SMLimits.of(hardware.H100)
+H200 = SMLimits.of(hardware.H200)  # the same SM: only the name differs
 
 
 def _round_up(x: int, unit: int) -> int:
