@@ -11,9 +11,10 @@ the memory model only), so the same command runs anywhere.
   (../shared/seed/flash-attention-benchmarks.md) re-measured on the GPU at hand, our rungs beside the
   real thing: "Standard" = the naive rung and torch standard attention, "Flash Attn 2" = the flash2
   rung and SDPA's flash backend, FA3-class = SDPA's cuDNN backend. `seed` runs all four.
-- `perf`: issue 8's targets side by side at B=8 H=32 N=4096 D=64 (non-causal and causal): the
-  flash2 rung in float32 against SDPA's efficient backend, the tensor-core rung flash2_mma in
-  float16 and bfloat16 against SDPA flash and cuDNN.
+- `perf`: the optimised rungs beside SDPA's backends: issue 8's rows (flash2 in float32 against SDPA
+  efficient at B=8 H=32 N=4096 D=64) and issue 20's (the tensor-core rungs flash2_mma and flash3
+  in float16 at B=8 H=32 D=64 and B=8 H=16 D=128, N 1K/4K/16K, causal and not, bfloat16 at 4K,
+  against SDPA flash and cuDNN).
 - `seed-training`, `seed-inference`, `seed-models`: the page's training, decode and model tables
   (workbench/suites_training.py: forward+backward, decode over a paged KV cache, model shapes).
 """
@@ -70,6 +71,11 @@ GPU_VERIFY = (
     Problem(2, 32, 32, 113, 203, 128, "float16", window=(256, 0)),
     Problem(1, 32, 8, 1023, 1024, 128, "float16"),
     Problem(1, 32, 8, 1023, 1024, 64, "float32", causal=True),
+    # N = 1, MQA and bfloat16 (the 16-bit rungs' cases: flash2_mma, flash3)
+    Problem(2, 32, 8, 1, 1, 64, "bfloat16", causal=True),
+    Problem(1, 32, 1, 1, 77, 128, "bfloat16"),
+    Problem(2, 32, 1, 301, 301, 64, "float16", causal=True),
+    Problem(2, 32, 4, 513, 700, 128, "bfloat16", window=(128, 0)),
 )
 
 SEED_SEQS = (512, 1024, 2048, 4096, 8192)
@@ -77,6 +83,12 @@ SEED_SEQS = (512, 1024, 2048, 4096, 8192)
 
 def _ladder(seqs, batch, heads, dim, dtypes=("float32", "float16")):
     return tuple(Problem(batch, heads, heads, n, n, dim, dtype) for dtype in dtypes for n in seqs)
+
+
+def _rung_names() -> set:
+    from workbench.kernels import LADDER
+
+    return {r.name for r in LADDER}
 
 
 STANDARD_AND_FLASH = ("torch-standard", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn")
@@ -101,15 +113,21 @@ def get(name: str, simulator: bool) -> Suite:
                      tiny if simulator else _ladder((*SEED_SEQS, 16384), 1, 32, 64, ("float16",)),
                      True, False, ("naive", "flash2"), ("torch-standard", "sdpa-flash"))
     if name == "seed-versions":
-        return Suite(name, "FA1 vs FA2 vs FA3-class at seq 4096, B=8 H=32 D=64",
+        # our FA1, FA2 and FA3 rungs (flash1, flash2 / flash2_mma, flash3) beside SDPA's backends
+        kernels = tuple(k for k in ("flash1", "flash2", "flash2_mma", "flash3") if k in _rung_names())
+        return Suite(name, "FA1 vs FA2 vs FA3 at seq 4096, B=8 H=32 D=64",
                      tiny[:1] if simulator else _ladder((4096,), 8, 32, 64), True, False,
-                     ("flash1", "flash2"), ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn"))
+                     kernels, ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn"))
     if name == "perf":
-        gpu = tuple(Problem(8, 32, 32, 4096, 4096, 64, dtype, causal=causal)
-                    for dtype in ("float32", "float16", "bfloat16") for causal in (False, True))
-        return Suite(name, "issue 8: flash2 (fp32) and flash2_mma (fp16/bf16) vs SDPA at seq 4096",
-                     tiny[:1] if simulator else gpu, True, False, ("flash2", "flash2_mma"),
-                     ("sdpa-efficient", "sdpa-flash", "sdpa-cudnn"))
+        fp32 = tuple(Problem(8, 32, 32, 4096, 4096, 64, "float32", causal=c) for c in (False, True))
+        fp16 = tuple(Problem(8, h, h, n, n, d, "float16", causal=c)
+                     for h, d in ((32, 64), (16, 128)) for n in (1024, 4096, 16384) for c in (False, True))
+        bf16 = tuple(Problem(8, h, h, 4096, 4096, d, "bfloat16", causal=c)
+                     for h, d in ((32, 64), (16, 128)) for c in (False, True))
+        kernels = tuple(k for k in ("flash2", "flash2_mma", "flash3") if k in _rung_names())
+        return Suite(name, "flash2 (fp32), flash2_mma and flash3 (fp16/bf16) vs SDPA's backends",
+                     tiny[:1] if simulator else fp32 + fp16 + bf16, True, False, kernels,
+                     ("sdpa-efficient", "sdpa-flash", "sdpa-cudnn"), repeat=5)
     if name == "verify":
         return Suite("verify", "every rung over odd shapes, masks, GQA, D and dtypes (no timing)",
                      SIM_VERIFY if simulator else GPU_VERIFY, timed=False, all_heads=True)
