@@ -17,8 +17,11 @@ LADDER_CASES = list(SIM_VERIFY)  # seq 1/7/33/97, Nq≠Nkv both ways, masks, GQA
 def test_rung_matches_float64(rung, problem):
     if workbench.mode() == "simulator" and getattr(rung.module, "GPU_ONLY", None):
         pytest.skip(f"{rung.name}: {rung.module.GPU_ONLY}")
-    if problem.dtype not in rung.module.needs(problem, rung.default_config).dtypes:
+    needs = rung.module.needs(problem, rung.default_config)
+    if problem.dtype not in needs.dtypes:
         pytest.skip(f"{rung.name} does not take {problem.dtype}")
+    if needs.head_dims is not None and problem.head_dim not in needs.head_dims:
+        pytest.skip(f"{rung.name} does not take head_dim {problem.head_dim}")
     seed = LADDER_CASES.index(problem) * 101 + rung.index
     report = verify.check(rung, problem, seed=seed)
     assert report.passed, str(report)

@@ -3,7 +3,9 @@
 For every rung at its default config, the kernels it would launch on a seed-shaped problem are
 compiled to LTO-IR by Numba and linked by nvJitLink for sm_90; the linker's report gives registers,
 static shared memory, stack frame and spills (../shared/numba-cuda-notes.md, "Compiling without a
-GPU"). Needs the real CUDA target, not the simulator: run it with NUMBA_ENABLE_CUDASIM unset or 0.
+GPU"). A rung that needs an architecture-specific target says so in its module (`CC = (9, 0, "a")`:
+flash3's wgmma and setmaxnreg exist only on sm_90a) and is compiled for it. `shared_bytes` is the
+static shared memory from the report plus the dynamic shared memory the launch asks for. Needs the real CUDA target, not the simulator: run it with NUMBA_ENABLE_CUDASIM unset or 0.
 
 Beside each kernel: its occupancy on an H100 (resident blocks and warps per SM, and which of
 registers, shared memory, threads or the block limit caps them; workbench.harness.occupancy).
@@ -50,6 +52,11 @@ class Usage:
         return self.occupancy.blocks_per_sm
 
 
+def arch(cc) -> str:
+    """'sm_90' for (9, 0), 'sm_90a' for (9, 0, 'a')."""
+    return f"sm_{cc[0]}{cc[1]}{cc[2] if len(cc) > 2 else ''}"
+
+
 def compile_usage(launch, cc=(9, 0), sass_path=None) -> dict:
     """Compile one planned launch for `cc` and read the linker's resource report (and write the
     linked cubin's SASS to `sass_path`)."""
@@ -61,7 +68,7 @@ def compile_usage(launch, cc=(9, 0), sass_path=None) -> dict:
                                  output="ltoir", cc=cc, **_options(kernel))
     # (linked files, such as flash2_mma's mma.cu, come back already as ObjectCode)
     linker = Linker(*[b if isinstance(b, ObjectCode) else ObjectCode.from_ltoir(b) for b in ltoirs],
-                    options=LinkerOptions(arch=f"sm_{cc[0]}{cc[1]}", link_time_optimization=True,
+                    options=LinkerOptions(arch=arch(cc), link_time_optimization=True,
                                           verbose=True))
     cubin = linker.link("cubin")
     log = linker.get_info_log()
@@ -75,7 +82,7 @@ def compile_usage(launch, cc=(9, 0), sass_path=None) -> dict:
         raise RuntimeError(f"could not read the linker's report for {launch.name}:\n{log}")
     smem = _SMEM.search(m["rest"])  # after "registers", maybe behind "N bytes cumulative stack size"
     return {
-        "registers": int(m["regs"]), "shared_bytes": int(smem[1]) if smem else 0,
+        "registers": int(m["regs"]), "shared_bytes": (int(smem[1]) if smem else 0) + launch.shared,
         "stack_bytes": int(m["stack"]), "spill_bytes": int(m["spill_st"]) + int(m["spill_ld"]),
     }
 
@@ -103,6 +110,7 @@ def rung_usage(rung, problem, config=None, ptx_dir=None, sass_dir=None) -> list[
     from workbench.harness import runner
 
     cfg = runner.check_config(rung, problem, config)
+    cc = getattr(rung.module, "CC", (9, 0))
     seen, usages = set(), []
     for launch in runner.plan(rung, problem, cfg):
         key = (launch.name, launch.argtypes)
@@ -112,12 +120,12 @@ def rung_usage(rung, problem, config=None, ptx_dir=None, sass_dir=None) -> list[
         if ptx_dir:
             from numba import cuda
 
-            ptx, _ = cuda.compile_ptx(launch.kernel.py_func, launch.argtypes, cc=(9, 0),
+            ptx, _ = cuda.compile_ptx(launch.kernel.py_func, launch.argtypes, cc=cc,
                                       **_options(launch.kernel))
             with open(os.path.join(ptx_dir, _dump_name(rung, launch, problem, "ptx")), "w") as f:
                 f.write(ptx)
         sass = os.path.join(sass_dir, _dump_name(rung, launch, problem, "sass")) if sass_dir else None
-        u = compile_usage(launch, sass_path=sass)
+        u = compile_usage(launch, cc, sass_path=sass)
         usages.append(Usage(rung.name, launch.name, problem.dtype, problem.head_dim, launch.threads, **u))
     return usages
 
@@ -178,7 +186,7 @@ def main(argv=None) -> int:
                     break
                 rows += rung_usage(rung, problem, ptx_dir=args.ptx, sass_dir=args.sass)
 
-    table = Table(title="Resource usage per kernel, compiled for sm_90 (H100 limits: 255 regs/thread, "
+    table = Table(title="Resource usage per kernel, compiled for sm_90 (sm_90a where a rung needs it; H100 limits: 255 regs/thread, "
                         "64K regs and 228 KiB shared per SM)")
     for col in ("rung", "kernel", "dtype", "D", "threads", "regs", "smem B", "stack B", "spill B",
                 "blocks/SM", "warps/SM", "occupancy", "limited by"):

@@ -16,7 +16,7 @@ from .contract import SIGNATURES
 
 # Rung order is the course order; a rung's lesson is what changed from the one before it.
 _ORDER = {
-    "forward": ("naive", "tiled", "online", "flash1", "flash2", "flash2_mma"),
+    "forward": ("naive", "tiled", "online", "flash1", "flash2", "flash2_mma", "flash3"),
     "backward": ("flash2_bwd", "flash2_mma_bwd"),
     "decode": ("paged_decode",),
 }
