@@ -10,6 +10,13 @@ time and cache-read bandwidth beside torch SDPA flash and the device's copy rate
    NaN in every cache slot and table entry no sequence owns, D = 64/128/256 and odd multiples of 8,
    float16/bfloat16/float32; outputs NaN-poisoned, two launches bitwise equal; the project's
    tolerance rule (workbench.harness.verify).
+   Device-side checks: bad block ids (past the pool, negative) and bad lengths (past the table's
+   capacity, below Nq) in device tables give NaN for exactly those sequences and their flags in a
+   DecodeErrors (kernel and public API), the other sequences exact, and the next launch is fine
+   (no fault, no sticky CUDA error).
+   FP8 cache: `e4m3x4` on the GPU against torch.float8_e4m3fn for all 256 codes (exact), and
+   e4m3 caches (GQA float16 D = 128 with splits, MQA bfloat16 D = 64 Nq = 2) against float64 on
+   the dequantised cache, with q's dtype's tolerance.
 3. Timing of one decode step (H = 32, D = 128, float16, Nq = 1, every sequence the same length,
    shuffled 64-token blocks), B in {1, 8, 64}, Hkv in {32, 8}, contexts 512..131072 (those whose
    two caches, paged and contiguous, fit in memory):
@@ -18,11 +25,16 @@ time and cache-read bandwidth beside torch SDPA flash and the device's copy rate
    - `launch`: the same events with an idle GPU (the host's launch cost shows when it is longer);
    - `call`: events around a whole call: torch arrays in, Numba views, the plan, torch-allocated
      outputs and workspace, both launches;
+   - `api_call`: the same around the public `workbench.api.inference.decode` (validation, device
+     tables checked on the device with a DecodeErrors, max_seq_len = ctx: no host copy, no sync):
+     issue 16's "a few tens of microseconds" for the whole call;
    - SDPA flash (`kernel` as above, and `call`) on the contiguous cache; for GQA the group's heads
      are SDPA's query rows (q viewed as (B, Hkv, G, D)), so it too reads each K/V byte once;
    L2 flushed (a 256 MB write) before every repetition; medians. Cache-read GB/s is
    2·B·Hkv·ctx·D·2 bytes over the kernel time.
-4. With --sweep: unroll and threads at a few shapes (what DEFAULT_CONFIG was chosen from).
+4. FP8 cache timing (e4m3, per-head scales): B = 8, Hkv = 8, contexts 8K and 32K; GB/s over the
+   1-byte cache (the bit-arithmetic decode on load must not make it compute-bound).
+5. With --sweep: unroll and threads at a few shapes (what DEFAULT_CONFIG was chosen from).
 
 Calls the rung's launch() directly with a launcher of its own (empty -> torch/Numba arrays,
 launch -> kernel[grid, block](*args)), building the problem as workbench's decode API does
@@ -180,7 +192,7 @@ CHECKS = [  # (B, H, Hkv, Nq, D, block, lens (None: random odd), dtype, causal, 
     (8, 32, 8, 1, 128, 256, (32769,) * 8, "float16", True, None),  # long: many splits
     (1, 32, 8, 1, 128, 64, (131077,), "bfloat16", True, None),  # longest: the split cap
     (2, 8, 2, 1, 128, 16, (1023, 3), "float32", True, None),  # float32
-    (2, 8, 8, 3, 24, 16, (2, 45), "float16", True, None),  # D = 24; a row that sees no key
+    (2, 8, 8, 3, 24, 16, (3, 45), "float16", True, None),  # D = 24; the shortest length (Nq)
     (16, 32, 32, 1, 128, 16, None, "bfloat16", True, None),  # MHA
 ]
 
@@ -224,6 +236,155 @@ def run_checks(seed=0):
         print(("PASS " if report.passed else "FAIL ") + p.describe(), f"splits={splits}",
               f"max_abs={report.max_abs:.2e} rel_fro={report.rel_fro:.2e}", report.failures, flush=True)
         del q, k, v, kc, vc
+    return out, ok
+
+
+def run_device_checks(seed=100):
+    """Bad device tables and lengths: NaN and flags for exactly those sequences, the others exact;
+    the kernel's launch_with and the public API (DecodeErrors); a good launch afterwards."""
+    from workbench.api import inference
+
+    out, ok = [], True
+    b, h, hkv, d, bs = 6, 16, 4, 128, 16
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    lens = [1500, 777, 2049, 64, 3001, 900]
+    q = torch.randn((b, h, 1, d), device=DEV).half()
+    k = torch.randn((b, hkv, max(lens), d), device=DEV).half()
+    v = torch.randn_like(k)
+    kc, vc, table = paged_cache(k, v, lens, bs, gen)
+    nb, cap = kc.shape[0], table.shape[1] * bs
+    good_lens = torch.tensor(lens, dtype=torch.int32, device=DEV)
+    ref_o, _ = reference(q, kc, vc, table, lens, True, None, 1 / math.sqrt(d))
+    bad_table = table.clone()
+    bad_table[1, 3] = nb + 1_000_000  # far past the pool: an unchecked read would fault
+    bad_table[2, 0] = -5
+    bad_lens = good_lens.clone()
+    bad_lens[3] = cap + 1  # past the table's capacity
+    bad_lens[4] = 0  # below Nq
+    expect = [0, inference.BAD_BLOCK, inference.BAD_BLOCK, inference.BAD_LENGTH, inference.BAD_LENGTH, 0]
+    for config in (rung.DEFAULT_CONFIG, dict(rung.DEFAULT_CONFIG, split_keys=4096)):  # splits; one split
+        row = {"config": config}
+        try:
+            p = problem_of(q, kc, table, [cap] * b)  # planned for the capacity, as the API does
+            errors = torch.zeros(b, dtype=torch.int32, device=DEV)
+            o = torch.full_like(q, float("nan"))
+            lse = torch.empty(p.lse_shape, dtype=torch.float32, device=DEV)
+            rung.launch_with(p, config, *(numba_view(x) for x in (q, kc, vc, bad_table, bad_lens)),
+                             numba_view(o), numba_view(lse), TorchLauncher(), errors=numba_view(errors))
+            torch.cuda.synchronize()
+            flags = errors.cpu().tolist()
+            bad = [i for i, e in enumerate(expect) if e]
+            row["splits"] = rung.split_plan(p, config)[0]
+            row["flags"] = flags
+            row["nan_rows_ok"] = bool(torch.isnan(o[bad]).all()) and bool(torch.isnan(lse[bad]).all())
+            good = [0, 5]
+            row["good_max_abs"] = float((o[good].double() - ref_o[good]).abs().max())
+            o2 = torch.empty_like(q)
+            rung.launch_with(p, config, *(numba_view(x) for x in (q, kc, vc, table, good_lens)),
+                             numba_view(o2), numba_view(lse), TorchLauncher(), errors=numba_view(errors))
+            torch.cuda.synchronize()
+            row["after_max_abs"] = float((o2.double() - ref_o).abs().max())
+            row["passed"] = (flags == expect and row["nan_rows_ok"] and row["good_max_abs"] < 2e-3
+                             and row["after_max_abs"] < 2e-3)
+        except Exception:
+            row["error"], row["passed"] = traceback.format_exc()[-1500:], False
+        ok &= row["passed"]
+        out.append(row)
+        print(("PASS " if row["passed"] else "FAIL ") + "device checks", row, flush=True)
+    try:  # the public API: DecodeErrors, check()
+        errors = inference.DecodeErrors(8, like=q)
+        o = inference.decode(q, kc, vc, bad_table, bad_lens, errors=errors)
+        flags = errors.codes().tolist()[:b]
+        try:
+            errors.check()
+            raised = False
+        except inference.DecodeError:
+            raised = True
+        row = {"api": True, "flags": flags, "raised": raised, "cleared": not errors.any(),
+               "good_max_abs": float((o[[0, 5]].double() - ref_o[[0, 5]]).abs().max())}
+        row["passed"] = flags == expect and raised and row["cleared"] and row["good_max_abs"] < 2e-3
+    except Exception:
+        row = {"api": True, "error": traceback.format_exc()[-1500:], "passed": False}
+    ok &= row["passed"]
+    out.append(row)
+    print(("PASS " if row["passed"] else "FAIL ") + "device checks through the API", flush=True)
+    return out, ok
+
+
+E4M3_KERNEL = None
+
+
+def run_fp8_checks(seed=200):
+    """e4m3x4 exact on the GPU for every code; e4m3 caches against float64 on the dequantised cache."""
+    from workbench.api import inference
+
+    global E4M3_KERNEL
+    out, ok = [], True
+    if E4M3_KERNEL is None:
+        @cuda.jit
+        def decode_words(words, vals):
+            i = cuda.grid(1)
+            if i < words.shape[0]:
+                a, b, c, d = rung.e4m3x4(words[i])
+                vals[i, 0] = a
+                vals[i, 1] = b
+                vals[i, 2] = c
+                vals[i, 3] = d
+
+        E4M3_KERNEL = decode_words
+    c = np.arange(256, dtype=np.int64)
+    byte_codes = np.stack([c, 255 - c, (c * 37 + 11) & 0xFF, (c * 91 + 5) & 0xFF], 1)  # every code, every byte
+    words = (byte_codes << np.array([0, 8, 16, 24])).sum(1).astype(np.uint32)
+    words_u = torch.from_numpy(words.view(np.int32).copy()).to(DEV)
+    vals = torch.empty((256, 4), dtype=torch.float32, device=DEV)
+    E4M3_KERNEL[2, 128](cuda.as_cuda_array(words_u).view(np.uint32), cuda.as_cuda_array(vals))
+    torch.cuda.synchronize()
+    table = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    want = table[torch.from_numpy(byte_codes)]
+    got = vals.cpu() * float(rung.E4M3_UNIT)
+    exact = bool(torch.equal(torch.nan_to_num(got, nan=1234.5), torch.nan_to_num(want, nan=1234.5)))
+    out.append({"e4m3x4_exact_all_codes": exact})
+    ok &= exact
+    print(("PASS " if exact else "FAIL ") + "e4m3x4 exact for all 256 codes on the GPU", flush=True)
+    for idx, (b, h, hkv, nq, d, bs, lens, dtype) in enumerate([
+            (8, 32, 8, 1, 128, 16, (4097, 1, 777, 2049, 8191, 33, 100, 3000), "float16"),
+            (3, 8, 1, 2, 64, 64, (1000, 2, 517), "bfloat16")]):
+        gen = torch.Generator(device="cpu").manual_seed(seed + idx)
+        tdt = TORCH_DTYPE[dtype]
+        torch.manual_seed(seed + idx)
+        q = torch.randn((b, h, nq, d), device=DEV).to(tdt)
+        k = torch.randn((b, hkv, max(lens), d), device=DEV)
+        v = torch.randn_like(k)
+        kc, vc, table_ = paged_cache(k, v, lens, bs, gen, poison=0.0)
+        scales = []
+        codes8 = []
+        for cache in (kc, vc):
+            s = (cache.abs().amax(dim=(0, 2, 3)) / 448).float().clamp_min(1e-12)  # per kv head
+            c8 = (cache / s[None, :, None, None]).to(torch.float8_e4m3fn)
+            scales.append(s.contiguous())
+            codes8.append(c8)
+        deq = [c.float().double() * s[None, :, None, None].double() for c, s in zip(codes8, scales)]
+        lens_t = torch.tensor(lens, dtype=torch.int32, device=DEV)
+        p = problem_of(q, kc, table_, lens)
+        ref_o, ref_lse = reference(q, deq[0], deq[1], table_, lens, True, None, p.scale)
+        o, lse = inference.decode(q, codes8[0], codes8[1], table_, lens_t, k_scale=scales[0],
+                                  v_scale=scales[1], return_lse=True)
+        torch.cuda.synchronize()
+        import dataclasses
+
+        fp = dataclasses.replace(p, cache_dtype=rung.FP8)
+        report = verify.Report("paged_decode", fp, seed + idx)
+        verify.compare(report, o.float().cpu().numpy(), lse.cpu().numpy(), ref_o.cpu().numpy(),
+                       ref_lse.cpu().numpy())
+        exact_o, _ = reference(q, kc, vc, table_, lens, True, None, p.scale)
+        cost = float((ref_o - exact_o).norm() / exact_o.norm())
+        row = {"problem": fp.describe(), "passed": report.passed, "max_abs": report.max_abs,
+               "rel_fro": report.rel_fro, "lse_max_abs": report.lse_max_abs, "failures": report.failures,
+               "e4m3_cost_rel_fro": cost}
+        ok &= report.passed
+        out.append(row)
+        print(("PASS " if report.passed else "FAIL ") + fp.describe(),
+              f"rel_fro={report.rel_fro:.2e} (e4m3 vs exact cache: {cost:.2e})", report.failures, flush=True)
     return out, ok
 
 
@@ -286,9 +447,18 @@ def time_point(b, hkv, ctx, config, reps, sdpa=True, h=32, d=128, block=64):
         gpu.next = 0
         rung.launch(p, config, *views, gpu)
 
+    from workbench.api import inference
+
+    errors = inference.DecodeErrors(b, like=q)
+
+    def api_call():
+        return inference.decode(q, kc, vc, table, lens, errors=errors, max_seq_len=ctx)
+
     for _ in range(2):
         launches()
         decode_call(q, kc, vc, table, lens, [ctx] * b, config)
+        if config == rung.DEFAULT_CONFIG:
+            api_call()
     torch.cuda.synchronize()
     bytes_read = p.cache_bytes_read()
     row = {"B": b, "H": h, "Hkv": hkv, "ctx": ctx, "D": d, "block": block, "dtype": "float16",
@@ -298,6 +468,9 @@ def time_point(b, hkv, ctx, config, reps, sdpa=True, h=32, d=128, block=64):
            "launch": event_time(launches, reps, busy=False),
            "call": event_time(lambda: decode_call(q, kc, vc, table, lens, [ctx] * b, config), reps,
                               busy=False)}
+    if config == rung.DEFAULT_CONFIG:  # the public API's whole call (Build 3's target)
+        row["api_call"] = event_time(api_call, reps, busy=False)
+        row["api_errors_clear"] = not errors.any()
     row["GB_per_s"] = bytes_read / (row["kernel"]["median_ms"] * 1e-3) / 1e9
     # correctness of this very step against SDPA (both fp16; loose: a sanity check)
     if sdpa:
@@ -324,6 +497,39 @@ def time_point(b, hkv, ctx, config, reps, sdpa=True, h=32, d=128, block=64):
         except Exception as exc:  # recorded, not fatal
             row["sdpa_error"] = f"{type(exc).__name__}: {exc}"[:300]
     return row  # (its tensors are freed on return; the caller empties torch's cache)
+
+
+def time_point_fp8(b, hkv, ctx, reps, h=32, d=128, block=64):
+    """One decode step over an e4m3 cache (random codes, per-head scales): the kernels' time."""
+    gen = torch.Generator(device="cpu").manual_seed(b * 1000 + hkv + ctx + 1)
+    q = torch.randn((b, h, 1, d), device=DEV, dtype=torch.float16)
+    nb = b * (-(-ctx // block))
+    kc = torch.randn((nb, hkv, block, d), device=DEV, dtype=torch.float16).to(torch.float8_e4m3fn)
+    vc = torch.randn((nb, hkv, block, d), device=DEV, dtype=torch.float16).to(torch.float8_e4m3fn)
+    order = torch.randperm(nb, generator=gen).to(torch.int32).to(DEV)
+    table = order.view(b, -1).contiguous()
+    lens = torch.full((b,), ctx, dtype=torch.int32, device=DEV)
+    scales = [torch.full((hkv,), 0.01, dtype=torch.float32, device=DEV) for _ in range(2)]
+    p = DecodeProblem(b, h, hkv, 1, d, block, nb, table.shape[1], (ctx,) * b, "float16",
+                      cache_dtype=rung.FP8)
+    o = torch.empty_like(q)
+    lse = torch.empty(p.lse_shape, dtype=torch.float32, device=DEV)
+    views = [numba_view(x) for x in (q, kc.view(torch.uint8), vc.view(torch.uint8), table, lens, o, lse)]
+    errors = torch.zeros(b, dtype=torch.int32, device=DEV)
+    gpu = TorchLauncher(keep=True)
+    kv = tuple(numba_view(x) for x in scales)
+
+    def launches():
+        gpu.next = 0
+        rung.launch_with(p, rung.DEFAULT_CONFIG, *views, gpu, errors=numba_view(errors), kv_scales=kv)
+
+    launches()
+    torch.cuda.synchronize()
+    row = {"B": b, "Hkv": hkv, "ctx": ctx, "cache": "float8_e4m3fn", "splits": rung.split_plan(p, rung.DEFAULT_CONFIG)[0],
+           "cache_bytes": p.cache_bytes_read(), "kernel": event_time(launches, reps, busy=True),
+           "errors_clear": not bool(errors.any())}
+    row["GB_per_s"] = p.cache_bytes_read() / (row["kernel"]["median_ms"] * 1e-3) / 1e9
+    return row
 
 
 def provenance(argv):
@@ -373,7 +579,15 @@ def main(argv):
     except Exception:
         traceback.print_exc()
         result["checks"], ok = [{"error": traceback.format_exc()[-2000:]}], False
-    save()
+    for name, fn in (("device_checks", run_device_checks), ("fp8_checks", run_fp8_checks)):
+        try:
+            result[name], passed = fn()
+        except Exception:
+            traceback.print_exc()
+            result[name], passed = [{"error": traceback.format_exc()[-2000:]}], False
+        ok &= passed
+        torch.cuda.empty_cache()
+        save()
     print(f"checks done at {time.time() - t0:.0f}s", flush=True)
 
     free = torch.cuda.mem_get_info()[0]
@@ -403,6 +617,23 @@ def main(argv):
                           f"  call {row['call']['median_ms'] * 1e3:7.1f} us", flush=True)
                 result["timing"] = rows
                 save()
+
+    result["fp8_timing"] = []
+    for b, hkv, ctx in ((8, 8, 8192), (8, 8, 32768), (1, 8, 32768)):
+        try:
+            row = time_point_fp8(b, hkv, ctx, 20)
+        except Exception as exc:
+            traceback.print_exc()
+            row = {"B": b, "Hkv": hkv, "ctx": ctx, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        torch.cuda.empty_cache()
+        fp16 = next((r for r in rows if r.get("B") == b and r.get("Hkv") == hkv and r.get("ctx") == ctx
+                     and "kernel" in r), None)
+        if fp16 and "kernel" in row:
+            row["vs_fp16_kernel"] = row["kernel"]["median_ms"] / fp16["kernel"]["median_ms"]
+        result["fp8_timing"].append(row)
+        print("fp8", b, hkv, ctx, f"{row.get('GB_per_s', float('nan')):.0f} GB/s",
+              f"x{row.get('vs_fp16_kernel', float('nan')):.2f} of fp16's time", flush=True)
+        save()
 
     if sweep:
         variants = [dict(rung.DEFAULT_CONFIG, **v) for v in

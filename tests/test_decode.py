@@ -1,14 +1,17 @@
 """The decode rung (split-KV over a paged cache) against float64 on the gathered cache: odd block
 tables (shuffled, non-contiguous physical blocks, partial last blocks, block sizes that do not divide
-the lengths, spare blocks and table entries poisoned), GQA/MQA, several new tokens, masks; and the
-validation of block tables before any launch."""
+the lengths, spare blocks and table entries poisoned), GQA/MQA, several new tokens, masks; the
+validation of block tables before any launch (NumPy inputs, errors="raise") and on the device
+(device inputs: flags and NaN, never an out-of-bounds read); the 16-byte alignment check; an FP8
+cache against float64 on the dequantised cache."""
 
 import numpy as np
 import pytest
 
 import workbench  # noqa: F401  (selects the simulator before anything imports Numba)
 from workbench import reference
-from workbench.api.inference import DecodeProblem, check_decode, decode, make_decode_inputs, paged_cache
+from workbench.api.inference import (DecodeError, DecodeErrors, DecodeProblem, check_decode, decode,
+                                     make_decode_inputs, paged_cache, reference_decode)
 
 
 def problem(batch, heads, kv_heads, nq, d, block, lens, dtype="float32", **kw):
@@ -89,3 +92,108 @@ def test_training_inference_and_model_claims():
     models = benchmark_page.claims_for("seed-models")
     assert {(c.heads, c.head_dim) for c in models} == set(
         (h, d) for h, _, d in benchmark_page.MODEL_SHAPES.values())
+
+
+# --- device-side checks: device block tables and lengths are never copied to the host ----------
+def _on_device(*arrays):
+    from numba import cuda
+
+    return [cuda.to_device(np.ascontiguousarray(x)) for x in arrays]
+
+
+def _judge(p, seed, o, lse, rows=slice(None)):
+    """verify.compare of O, LSE (host arrays of sequences `rows`) against float64 on the gathered
+    cache of make_decode_inputs(p, seed)."""
+    from workbench.harness import verify
+
+    q, kc, vc, table, lens = make_decode_inputs(p, seed)
+    ref_o, ref_lse = reference_decode(p, q, kc, vc, table, lens)
+    return verify.compare(verify.Report("paged_decode", p, seed), o, lse, ref_o[rows],
+                          None if lse is None else ref_lse[rows])
+
+
+def test_device_checks_flag_bad_blocks_and_nan_their_sequences():
+    """Device inputs, one split per sequence: a block id past the pool and a negative one (reads
+    outside the cache without the check: the simulator raises on them, so this test would fail)
+    give NaN O and LSE for those sequences and BAD_BLOCK in their flags; the good sequence's
+    results are exact and bitwise those of a call with a good table."""
+    p = problem(3, 2, 1, 1, 16, 4, (13, 6, 9))
+    q, kc, vc, table, lens = make_decode_inputs(p, seed=5)
+    one = {"split_keys": 64}
+    errors = DecodeErrors(4)
+    dq, dkc, dvc, dtable, dlens = _on_device(q, kc, vc, table, lens)
+    good_o, good_lse = decode(dq, dkc, dvc, dtable, dlens, errors=errors, config=one, return_lse=True)
+    good_o, good_lse = good_o.copy_to_host(), good_lse.copy_to_host()
+    assert _judge(p, 5, good_o, good_lse).passed
+    assert errors.codes().tolist() == [0, 0, 0, 0]
+    bad = table.copy()
+    bad[1, 1] = p.num_blocks + 5
+    bad[2, 0] = -1
+    o, lse = decode(dq, dkc, dvc, _on_device(bad)[0], dlens, errors=errors, config=one, return_lse=True)
+    o, lse = o.copy_to_host(), lse.copy_to_host()
+    assert np.isnan(o[1:]).all() and np.isnan(lse[1:]).all()
+    assert o[0].tobytes() == good_o[0].tobytes() and lse[0].tobytes() == good_lse[0].tobytes()
+    assert errors.codes().tolist() == [0, DecodeErrors.BAD_BLOCK, DecodeErrors.BAD_BLOCK, 0]
+    with pytest.raises(DecodeError, match="sequence 1: a block id outside the cache; sequence 2"):
+        errors.check()
+    assert not errors.any()  # check() cleared them
+
+
+def test_device_checks_reach_the_combine():
+    """Two splits per sequence (planned for the table's capacity, 24 keys): sequence 1's bad
+    block is in its second split only; its first split's partial is fine, the combine still
+    makes all of its O and LSE NaN. Sequence 0 (keys in both splits) is exact."""
+    p = problem(2, 1, 1, 1, 16, 4, (21, 18))
+    q, kc, vc, table, lens = make_decode_inputs(p, seed=8)
+    from workbench.kernels import paged_decode
+
+    planned = DecodeProblem(2, 1, 1, 1, 16, 4, p.num_blocks, p.max_blocks, (4 * p.max_blocks,) * 2,
+                            "float32")
+    assert paged_decode.split_plan(planned, {**paged_decode.DEFAULT_CONFIG,
+                                             **paged_decode.SIM_CONFIG}) == (2, 16)
+    bad = table.copy()
+    bad[1, 4] = p.num_blocks  # keys 16..17: the second split
+    errors = DecodeErrors(2)
+    o, lse = decode(*_on_device(q, kc, vc, bad, lens), errors=errors, return_lse=True)
+    o, lse = o.copy_to_host(), lse.copy_to_host()
+    assert np.isnan(o[1]).all() and np.isnan(lse[1]).all()
+    assert _judge(p, 8, o[:1], lse[:1], rows=slice(0, 1)).passed
+    assert errors.codes().tolist() == [0, DecodeErrors.BAD_BLOCK]
+
+
+def test_device_checks_flag_bad_lengths():
+    """A length past the table's capacity (the table row would be read past its end), one below
+    Nq, and one past max_seq_len: BAD_LENGTH, NaN; errors='raise' checks on the host instead."""
+    p = problem(3, 1, 1, 2, 16, 4, (9, 6, 7))
+    q, kc, vc, table, lens = make_decode_inputs(p, seed=6)
+    dev = _on_device(q, kc, vc, table)
+    errors = DecodeErrors(3)
+    cap = 4 * table.shape[1]
+    one = {"split_keys": 64}  # (one split: the combine's 128 threads are slow in the simulator)
+    o = decode(*dev, _on_device(np.array([9, cap + 1, 1], np.int32))[0], errors=errors,
+               config=one).copy_to_host()
+    assert np.isfinite(o[0]).all() and np.isnan(o[1:]).all()
+    assert errors.codes().tolist() == [0, DecodeErrors.BAD_LENGTH, DecodeErrors.BAD_LENGTH]
+    errors.clear()
+    o = decode(*dev, _on_device(lens)[0], errors=errors, max_seq_len=8, config=one).copy_to_host()
+    assert errors.codes().tolist() == [DecodeErrors.BAD_LENGTH, 0, 0]  # 9 > max_seq_len
+    assert np.isnan(o[0]).all() and _judge(p, 6, o[1:], None, rows=slice(1, None)).passed
+    with pytest.raises(ValueError, match=r"seq_lens\[1\] = .* over the block table's capacity"):
+        decode(*dev, _on_device(np.array([9, cap + 1, 1], np.int32))[0], errors="raise")
+
+
+def test_alignment_is_checked_before_any_launch():
+    """A cache view that does not start on a 16-byte boundary: ValueError from validate()."""
+    from numba import cuda
+
+    from workbench.api.inference import validate
+
+    p = problem(1, 2, 1, 1, 16, 4, (6,))
+    q, kc, vc, table, lens = make_decode_inputs(p, seed=7)
+    flat = cuda.to_device(np.zeros(kc.size + 1, kc.dtype))
+    shifted = flat[1:].reshape(kc.shape)  # 4 bytes past a boundary
+    shifted.copy_to_device(kc)
+    dq, dvc, dtable, dlens = _on_device(q, vc, table, lens)
+    with pytest.raises(ValueError, match="k_cache must start on a 16-byte boundary"):
+        validate(dq, shifted, dvc, dtable, dlens)
+    validate(dq, _on_device(kc)[0], dvc, dtable, dlens)  # a fresh allocation is aligned

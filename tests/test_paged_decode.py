@@ -1,7 +1,7 @@
 """The paged decode rung (kernels/paged_decode.py) against float64 on the gathered cache, in the
 simulator: shuffled physical blocks, partial last blocks, NaN in every cache slot no sequence owns
 and in the table entries past each sequence's blocks, GQA/MQA, causal with several new tokens,
-windows, rows that see no key, head dims whose rows are not a power of two of 16-byte chunks,
+windows, the shortest lengths (Nq), head dims whose rows are not a power of two of 16-byte chunks,
 float16 / bfloat16 / float32; plus its split plan, and a compile check for sm_90 (no spills,
 16-byte loads in the SASS) in a subprocess with the simulator off."""
 
@@ -81,8 +81,8 @@ CASES = [
     (problem(1, 4, 2, 1, 128, 5, (61,)), {"unroll": rung.DEFAULT_CONFIG["unroll"]}),
     # 2 warps merged through shared memory; 3 heads a group × 2 tokens = 6 rows in 2 row blocks
     (problem(1, 3, 1, 2, 64, 16, (29,)), {"threads": 64, "split_keys": 16}),
-    # token 0 of sequence 0 (length 2, 3 new tokens) sees no key: O = 0, LSE = -inf
-    (problem(2, 2, 2, 3, 16, 4, (2, 9)), {}),
+    # the shortest length, Nq: token 0 of sequence 0 (length 3, 3 new tokens) sees one key
+    (problem(2, 2, 2, 3, 16, 4, (3, 9)), {}),
     # block size 1; unroll 1; one split of 3 steps (the kernel writes O itself, no combine)
     (problem(1, 2, 1, 1, 64, 1, (9,)), {"unroll": 1, "split_keys": 64}),
 ]
@@ -135,7 +135,7 @@ def test_split_plan_fills_the_gpu():
             step = rung.step_keys(p, cfg)
             shortest = -(-max(cfg["split_keys"], -(-ctx // rung.MAX_SPLITS)) // step) * step
             assert per <= 2 * shortest, (b, hkv, ctx, splits, per)
-        assert rung.workspace_bytes(p, cfg) == (4 * splits * b * h * 129 if splits > 1 else 8)
+        assert rung.workspace_bytes(p, cfg) == (4 * splits * b * h * 129 if splits > 1 else 8) + 4 * b
 
 
 COMPILE = textwrap.dedent("""
@@ -167,15 +167,20 @@ COMPILE = textwrap.dedent("""
     except Exception:
         has_sass = False
     rows = []
-    for dtype, D, group in [("float16", 64, 4), ("float16", 128, 4), ("float16", 256, 4),
-                            ("float16", 128, 1), ("bfloat16", 128, 4)]:
-        p = DecodeProblem(1, 8 * group, 8, 1, D, 16, 4096, 2048, (32768,), dtype)
+    for dtype, D, group, fp8 in [("float16", 64, 4, 0), ("float16", 128, 4, 0), ("float16", 256, 4, 0),
+                                 ("float16", 128, 1, 0), ("bfloat16", 128, 4, 0),
+                                 ("float16", 64, 4, 1), ("float16", 128, 4, 1), ("bfloat16", 256, 4, 1),
+                                 ("float16", 128, 1, 1)]:
+        cache = rung.FP8 if fp8 else None
+        p = DecodeProblem(1, 8 * group, 8, 1, D, 16, 4096, 2048, (32768,), dtype, cache_dtype=cache)
         io = np.uint16 if dtype == "bfloat16" else dtype
         plan = Plan()
-        rung.launch(p, rung.DEFAULT_CONFIG, Placeholder(p.q_shape, io), Placeholder(p.cache_shape, io),
-                    Placeholder(p.cache_shape, io), Placeholder((1, 2048), np.int32),
+        scales = (Placeholder((8,), np.float32), Placeholder((8,), np.float32)) if fp8 else ()
+        rung.launch_with(p, rung.DEFAULT_CONFIG, Placeholder(p.q_shape, io),
+                    Placeholder(p.cache_shape, np.uint8 if fp8 else io),
+                    Placeholder(p.cache_shape, np.uint8 if fp8 else io), Placeholder((1, 2048), np.int32),
                     Placeholder((1,), np.int32), Placeholder(p.q_shape, io),
-                    Placeholder(p.lse_shape, np.float32), plan)
+                    Placeholder(p.lse_shape, np.float32), plan, kv_scales=scales)
         for kernel, argtypes in plan.launches:
             opts = {k: v for k, v in kernel.targetoptions.items() if k in ("fastmath", "launch_bounds")}
             ltoirs, _ = cuda.compile_all(kernel.py_func, argtypes, device=False, abi="numba",
@@ -187,7 +192,7 @@ COMPILE = textwrap.dedent("""
             m = re.search(r"(\\d+) bytes stack frame, (\\d+) bytes spill stores, (\\d+) bytes spill "
                           r"loads.*?Used (\\d+) registers.*?(\\d+) bytes smem", log, re.S)
             sass = run_nvdisasm(cubin, ["-c"]) if has_sass else None
-            rows.append({"kernel": kernel.py_func.__name__, "dtype": dtype, "D": D, "group": group,
+            rows.append({"kernel": kernel.py_func.__name__, "dtype": dtype, "D": D, "group": group, "fp8": fp8,
                          "stack": int(m[1]), "spills": int(m[2]) + int(m[3]), "registers": int(m[4]),
                          "smem": int(m[5]), "declared_smem": rung.needs(p, rung.DEFAULT_CONFIG).shared_bytes,
                          "ldg128": None if sass is None else sass.count("LDG.E.128")})
@@ -210,3 +215,79 @@ def test_compiles_for_sm90_without_spills(tmp_path):
             assert r["smem"] <= r["declared_smem"], r
             # every K and V chunk a lane reads is one 16-byte load (unroll keys × K, V)
             assert r["ldg128"] is None or r["ldg128"] >= 2 * rung.DEFAULT_CONFIG["unroll"], r
+
+
+# --- FP8 (e4m3) cache -----------------------------------------------------------------------------
+def test_e4m3x4_is_exact():
+    """Every e4m3 code in every byte of a word decodes to ml_dtypes.float8_e4m3fn's number (/ 2^8),
+    NaN codes to NaN."""
+    import ml_dtypes
+
+    decode = getattr(rung.e4m3x4, "py_func", rung.e4m3x4)
+    codes = np.arange(256, dtype=np.uint8)
+    want = codes.view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    for pos in range(4):
+        others = (codes.astype(np.uint32) * 37 + 11) & 0xFF  # the other bytes: other codes
+        words = others * 0x01010101
+        words = (words & ~np.uint32(0xFF << (8 * pos))) | (codes.astype(np.uint32) << (8 * pos))
+        got = np.array([decode(np.uint32(w)) for w in words], np.float32) * rung.E4M3_UNIT
+        np.testing.assert_array_equal(got[:, pos], want)
+        np.testing.assert_array_equal(got[:, (pos + 1) % 4], want[others])
+
+
+def _fp8_check(p, seed, config=None, as_ml_dtypes=False):
+    """decode with an e4m3 cache (quantize_cache of make_decode_inputs' cache) against float64 on
+    the dequantised cache, judged with the tolerance of q's dtype: the kernel's arithmetic on the
+    cached numbers is float32, as with any cache dtype (the scale folds in with one float32
+    rounding). Also returns the error against the unquantised cache (what e4m3 costs)."""
+    import ml_dtypes
+
+    from workbench.api.inference import decode, dequantize_cache, quantize_cache
+
+    q, kc, vc, table, lens = make_decode_inputs(p, seed)
+    k8, v8, ks, vs = quantize_cache(kc, vc)
+    if as_ml_dtypes:
+        k8, v8 = k8.view(ml_dtypes.float8_e4m3fn), v8.view(ml_dtypes.float8_e4m3fn)
+    fp = DecodeProblem(*[getattr(p, f) for f in ("batch", "heads", "kv_heads", "seq_q", "head_dim",
+                                                  "block_size", "num_blocks", "max_blocks", "seq_lens",
+                                                  "dtype", "causal", "window", "scale")],
+                       cache_dtype=rung.FP8)
+    o, lse = decode(q, k8, v8, table, lens, k_scale=ks, v_scale=vs, causal=p.causal, window=p.window,
+                    config={**SIM, **(config or {})}, return_lse=True)
+    ref_o, ref_lse = reference_decode(p, q, dequantize_cache(k8, ks), dequantize_cache(v8, vs), table, lens)
+    report = verify.compare(verify.Report("paged_decode", fp, seed), o, lse, ref_o, ref_lse)
+    exact_o, _ = reference_decode(p, q, kc, vc, table, lens)
+    cost = np.linalg.norm(ref_o - exact_o) / np.linalg.norm(exact_o)
+    return report, cost
+
+
+def test_fp8_cache_matches_float64_on_the_dequantised_cache():
+    """GQA, partial last blocks, several splits; float16 q and O, codes as uint8."""
+    report, cost = _fp8_check(problem(2, 4, 2, 1, 16, 4, (13, 6)), seed=21)
+    assert report.passed, str(report)
+    assert 1e-3 < cost < 0.1  # e4m3 keeps 3 mantissa bits: a few % of O, not nothing, not noise
+
+
+def test_fp8_cache_bfloat16_window_several_tokens():
+    """bfloat16 q and O, ml_dtypes.float8_e4m3fn codes, Nq = 2 causal in a window, D = 32, one split."""
+    report, _ = _fp8_check(problem(1, 2, 1, 2, 32, 8, (19,), "bfloat16", window=(5, -1)), seed=22,
+                           config={"split_keys": 64}, as_ml_dtypes=True)
+    assert report.passed, str(report)
+
+
+def test_fp8_cache_is_validated():
+    from workbench.api.inference import decode, quantize_cache
+
+    p = problem(1, 2, 1, 1, 16, 4, (6,))
+    q, kc, vc, table, lens = make_decode_inputs(p, seed=3)
+    k8, v8, ks, vs = quantize_cache(kc, vc)
+    with pytest.raises(ValueError, match="needs k_scale and v_scale"):
+        decode(q, k8, v8, table, lens)
+    with pytest.raises(ValueError, match=r"k_scale must be \(1,\) float32"):
+        decode(q, k8, v8, table, lens, k_scale=np.ones(2, np.float32), v_scale=vs)
+    with pytest.raises(TypeError, match="e4m3 codes"):
+        decode(q, kc, vc, table, lens, k_scale=ks, v_scale=vs)
+    q24 = np.ones((1, 2, 1, 24), np.float16)
+    c24 = np.zeros((kc.shape[0], 1, 4, 24), np.uint8)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        decode(q24, c24, c24, table, lens, k_scale=ks, v_scale=vs)

@@ -122,6 +122,11 @@ class Problem:
     def itemsize(self) -> int:
         return host_dtype(self.dtype).itemsize
 
+    @property
+    def cache_itemsize(self) -> int:
+        """Bytes of a cached K or V element (1 for e4m3 codes)."""
+        return 1 if self.cache_dtype else self.itemsize
+
     # --- the mask -----------------------------------------------------------------------------
     def window_bounds(self) -> tuple[int, int]:
         """(left, right) after causal is folded in; -1 = unbounded."""
@@ -213,7 +218,10 @@ class DecodeProblem:
     blocks; block_table: (B, max_blocks) int32, sequence b's logical key j in physical block
     block_table[b, j // block_size] at offset j % block_size; seq_lens: (B,) int32, each length
     including the new tokens. causal is bottom-right within each sequence (new token i of sequence b
-    sits at position seq_lens[b] − Nq + i); window as Problem's."""
+    sits at position seq_lens[b] − Nq + i); window as Problem's. cache_dtype: None (the cache is in
+    `dtype`, as q) or "float8_e4m3fn" (e4m3 codes, one byte each, with a float32 scale per kv head
+    for K and for V). With device block tables and lengths the API plans with seq_lens = the
+    lengths' upper bound (the kernel reads the true ones on the device)."""
 
     batch: int
     heads: int
@@ -228,9 +236,13 @@ class DecodeProblem:
     causal: bool = True
     window: tuple | None = None
     scale: float | None = None
+    cache_dtype: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "seq_lens", tuple(int(n) for n in self.seq_lens))
+        if self.cache_dtype not in (None, "float8_e4m3fn"):
+            raise ValueError(f"cache_dtype must be None (the I/O dtype) or 'float8_e4m3fn', not "
+                             f"{self.cache_dtype!r}")
         object.__setattr__(self, "window", check_window(self.window))
         object.__setattr__(self, "scale", check_scale(self.scale, self.head_dim))
 
@@ -290,11 +302,12 @@ class DecodeProblem:
 
     def cache_bytes_read(self) -> int:
         """K and V of every sequence's context, read once (the floor of a decode step's traffic)."""
-        return 2 * self.kv_heads * self.head_dim * self.itemsize * sum(self.seq_lens)
+        return 2 * self.kv_heads * self.head_dim * self.cache_itemsize * sum(self.seq_lens)
 
     def io_bytes(self) -> int:
         q_o = 2 * self.batch * self.heads * self.seq_q * self.head_dim * self.itemsize
-        cache = 2 * self.num_blocks * self.kv_heads * self.block_size * self.head_dim * self.itemsize
+        cache = 2 * self.num_blocks * self.kv_heads * self.block_size * self.head_dim * self.cache_itemsize
+        cache += 8 * self.kv_heads if self.cache_dtype else 0  # the scales
         return q_o + cache + 4 * self.batch * (self.max_blocks + 1) + 4 * self.batch * self.heads * self.seq_q
 
     def make_inputs(self, seed: int, **paged):
@@ -302,6 +315,9 @@ class DecodeProblem:
         blocks shuffled, every unowned slot NaN, table entries past each sequence's blocks invalid:
         `paged_cache`, whose keywords `paged` may override), with the block table and the lengths:
         (q, k_cache, v_cache, block_table, seq_lens)."""
+        if self.cache_dtype:
+            raise ValueError("make_inputs builds a cache in the I/O dtype; quantise it with "
+                             "workbench.api.inference.quantize_cache for an FP8 cache")
         need = [-(-n // self.block_size) for n in self.seq_lens]
         if sum(need) > self.num_blocks or max(need) > self.max_blocks:
             raise ValueError(f"{self.describe()}: the lengths need {sum(need)} blocks and {max(need)} table "
@@ -322,8 +338,9 @@ class DecodeProblem:
         lens = (f"ctx={self.seq_lens[0]}" if len(set(self.seq_lens)) == 1
                 else f"ctx={min(self.seq_lens)}..{self.max_seq}")
         mask = (" causal" if self.causal else "") + (f" window={self.window}" if self.window else "")
+        cache = f" cache={self.cache_dtype}" if self.cache_dtype else ""
         return (f"B={self.batch} {heads} Nq={self.seq_q} {lens} D={self.head_dim} "
-                f"block={self.block_size} {self.dtype}{mask}")
+                f"block={self.block_size} {self.dtype}{cache}{mask}")
 
 
 def paged_cache(k, v, seq_lens, block_size, *, seed=0, spare_blocks=2, extra_table=1, shuffle=True,

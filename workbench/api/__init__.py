@@ -3,7 +3,7 @@ runner). `forward` is attention, `backward` its gradients (and a torch autograd 
 a few new tokens against a paged KV cache."""
 
 from workbench.api.training import backward
-from workbench.api.inference import decode
+from workbench.api.inference import DecodeError, DecodeErrors, decode, quantize_cache
 from workbench.api.forward import attention
 
-__all__ = ["attention", "backward", "decode"]
+__all__ = ["attention", "backward", "decode", "DecodeErrors", "DecodeError", "quantize_cache"]

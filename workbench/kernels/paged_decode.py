@@ -59,10 +59,30 @@ Tricks, named:
 - No combine when one split suffices; a one-CTA-per-row combine with the weights in shared memory
   and the sum over splits unrolled, so it is a few microseconds.
 
+Checks on the device (block tables and lengths are device data in serving: nothing is copied to
+the host to check them). Before it reads any K or V, each split CTA checks its sequence's length
+n against [Nq, max_len] (max_len: the lengths the launch was planned for, at most the table's
+capacity) and every table entry for the keys of its split, [s·L, min((s+1)·L, n)), against
+[0, num_blocks): the host check's rule, whatever the masks. The entries are spread over the
+threads (one load each, beside the first K/V block reads) and or-ed by the barrier
+`syncthreads_or`. A CTA that finds a violation reads no K/V, or-s a code into errors[b]
+(BAD_LENGTH, BAD_BLOCK) and writes NaN; the combine turns any NaN LSE_s into NaN O and LSE. So a
+bad sequence's outputs are NaN, the others' exact, and no read leaves the cache or the table.
+Cost: one barrier and ceil(L/block_size) 4-byte table reads per CTA (the prefetch reads them
+again from L1/L2); no extra kernel, no host synchronisation.
+
+FP8 cache (compile-time flag `fp8` of `build`, problem.cache_dtype = "float8_e4m3fn"): K and V are
+stored as e4m3 codes (one byte: 16 elements a 16-byte chunk, so D a multiple of 16) with a
+float32 scale per kv head for each (value = code's number × scale). `e4m3x4` turns a word of four
+codes into float32 with integer operations (exact, NaN codes included); the scales fold into Q
+(q·k_scale) and into O (·v_scale), so they cost nothing per key. Q and O keep their own dtype.
+
 Config keys: Br (rows per CTA, at most), threads (T, a multiple of 32), unroll (U), split_keys
-(the fewest keys a split takes). Head dims: every multiple of 8 up to 256; dtypes
-float16, bfloat16 (as uint16 bits) and float32. The cache must be 16-byte aligned (allocations
-are). Workspace: the float32 partial O and LSE of every split (none with one split).
+(the fewest keys a split takes). Head dims: every multiple of 8 up to 256 (16 with an FP8
+cache); dtypes float16, bfloat16 (as uint16 bits) and float32. The cache must be 16-byte aligned
+(allocations are; workbench.api.inference.validate checks views before any launch). Workspace: the
+float32 partial O and LSE of every split (none with one split), and the per-sequence error flags
+when the caller passes no array of its own.
 """
 
 import functools
@@ -87,13 +107,19 @@ MAX_SPLITS = 128  # the combine holds one split per thread
 COMBINE_THREADS = 128
 FALLBACK_SMS = 132  # H100/H200, when there is no device to ask
 # CTAs of 128 threads per SM the registers are capped for (launch bounds), by rows per CTA: each
-# row costs a lane 2·8 registers (its Q and O elements); sm_90, no spills at unroll 3.
-MIN_BLOCKS = {1: 5, 2: 4, 3: 3, 4: 3}
+# row costs a lane 2·8 registers (its Q and O elements; 2·16 with an FP8 cache, counted as two
+# rows); sm_90, no spills at unroll 3.
+MIN_BLOCKS = {1: 5, 2: 4, 3: 3, 4: 3, 5: 2, 6: 2, 7: 2, 8: 2}
 
 FASTMATH = {"afn", "arcp", "contract"}  # approximate exp2/log2/division; infinities kept
 NEG_INF = float32(-math.inf)
 LN2 = float32(math.log(2.0))
 LOG2E = np.float32(math.log2(math.e))
+NAN = float32(math.nan)
+BAD_LENGTH = 1  # errors[b] bits: the length is outside [Nq, max_len]
+BAD_BLOCK = 2  # ... an entry of the table for its keys is not a block of the pool
+FP8 = "float8_e4m3fn"  # problem.cache_dtype of an e4m3 cache
+E4M3_UNIT = np.float32(2.0 ** 8)  # e4m3x4 gives the numbers / 2^8; the scales carry the 2^8
 
 
 # --- 16-byte loads and unpacking words ------------------------------------------------------------
@@ -199,6 +225,23 @@ else:
 
 
 @cuda.jit(device=True, inline="always")
+def e4m3x4(w):
+    """The four e4m3 codes of word w (low byte first) as float32, each divided by 2^8, exactly.
+    e4m3 is s·eeee·mmm (bias 7), float16 s·eeeee·mmmmmmmmmm (bias 15): a code's sign moved to bit
+    15 and its eeee·mmm to bits 13..7 is a float16 with the same exponent field and mantissa,
+    subnormals included (float16 has them too), so its number is the code's / 2^(15−7). Two
+    codes are spread into the two halves of a word and converted as a float16 pair. The NaN
+    codes 0x7F/0xFF land on ±1.875, past the largest code's 448 / 2^8 = 1.75: they become NaN."""
+    lo = (w & 0xFF) | ((w & 0xFF00) << 8)  # codes 0 and 1, one in the low byte of each half
+    hi = ((w >> 16) & 0xFF) | ((w >> 8) & 0xFF0000)  # codes 2 and 3
+    a, b = f16x2(uint32(((lo & 0x00800080) << 8) | ((lo & 0x007F007F) << 7)))
+    c, d = f16x2(uint32(((hi & 0x00800080) << 8) | ((hi & 0x007F007F) << 7)))
+    big = float32(1.8)
+    return (a if abs(a) < big else NAN, b if abs(b) < big else NAN,
+            c if abs(c) < big else NAN, d if abs(d) < big else NAN)
+
+
+@cuda.jit(device=True, inline="always")
 def rescale(m, m_new):
     """2^(m − m_new): the weight of a partial whose max is m in a merge whose max is m_new
     (0 when the partial saw no key; m = m_new = −inf would otherwise give NaN)."""
@@ -208,6 +251,15 @@ def rescale(m, m_new):
 # --- the plan: lanes, rows, splits ----------------------------------------------------------------
 def itemsize(dtype: str) -> int:
     return 4 if dtype == "float32" else 2
+
+
+def is_fp8(problem) -> bool:
+    return getattr(problem, "cache_dtype", None) == FP8
+
+
+def cache_itemsize(problem) -> int:
+    """Bytes of a cached K or V element: 1 with an FP8 cache, else the I/O dtype's."""
+    return 1 if is_fp8(problem) else itemsize(problem.dtype)
 
 
 def lane_layout(D, size):
@@ -231,7 +283,7 @@ def row_blocks(problem, config):
 
 def step_keys(problem, config) -> int:
     """Keys a split CTA covers per step: W warps × KW lane groups × U keys."""
-    _, lk, _, _ = lane_layout(problem.head_dim, itemsize(problem.dtype))
+    _, lk, _, _ = lane_layout(problem.head_dim, cache_itemsize(problem))
     return config["threads"] // 32 * (32 // lk) * config["unroll"]
 
 
@@ -246,12 +298,14 @@ def sm_count() -> int:
         return FALLBACK_SMS
 
 
-def ctas_per_sm(Br, T, D, dtype) -> int:
-    """CTAs per SM that the registers are capped for: MIN_BLOCKS by rows, one fewer when a lane
-    reads two chunks of a row (float32 rows over 128 elements: twice the K/V registers), scaled
-    to T threads."""
-    _, _, cpl, _ = lane_layout(D, itemsize(dtype))
-    return max(1, (MIN_BLOCKS[min(Br, 4)] - (cpl - 1)) * 128 // T)
+def ctas_per_sm(Br, T, D, dtype, fp8=False) -> int:
+    """CTAs per SM that the registers are capped for: MIN_BLOCKS by rows (a row counted twice
+    when a lane holds 16 of its elements, as with an FP8 cache), one fewer when a lane reads two
+    chunks of a row (float32 rows over 128 elements: twice the K/V registers), scaled to T
+    threads."""
+    _, _, cpl, epc = lane_layout(D, 1 if fp8 else itemsize(dtype))
+    rows = min(Br, 4) * max(1, cpl * epc // 8)
+    return max(1, (MIN_BLOCKS[rows] - (cpl - 1)) * 128 // T)
 
 
 def split_plan(problem, config):
@@ -262,7 +316,8 @@ def split_plan(problem, config):
     steps, at least split_keys keys, and there are at most MAX_SPLITS."""
     Br, blocks = row_blocks(problem, config)
     base = problem.batch * problem.kv_heads * blocks
-    slots = sm_count() * ctas_per_sm(Br, config["threads"], problem.head_dim, problem.dtype)
+    slots = sm_count() * ctas_per_sm(Br, config["threads"], problem.head_dim, problem.dtype,
+                                     is_fp8(problem))
     return _splits(base, slots, problem.max_seq, step_keys(problem, config), config["split_keys"])
 
 
@@ -282,25 +337,29 @@ def _splits(base, slots, n, step, split_keys):
 
 # --- the split kernel -----------------------------------------------------------------------------
 @functools.cache
-def build(Br, D, dtype, T, U):
-    """The split kernel for Br rows of head dim D in `dtype`: CTA (row block, split, b·Hkv + hk)."""
-    C, LK, CPL, EPC = lane_layout(D, itemsize(dtype))
+def build(Br, D, dtype, T, U, fp8=False):
+    """The split kernel for Br rows of head dim D in `dtype`: CTA (row block, split, b·Hkv + hk).
+    fp8: the cache holds e4m3 codes and kv_scales is (k_scale, v_scale), each (Hkv,) float32;
+    otherwise the cache is in `dtype` and kv_scales is () (the FP8 code is compiled out)."""
+    size = 1 if fp8 else itemsize(dtype)
+    C, LK, CPL, EPC = lane_layout(D, size)
     W = T // 32
     KW = 32 // LK  # lane groups in a warp: keys per warp per load
     STRIDE = W * KW  # from one of a lane group's keys in a step to its next
     STEP = STRIDE * U
     E = CPL * EPC  # elements of a row each lane holds
     WORDS = CPL * 4  # uint32 words each lane loads per row
-    RW = D * itemsize(dtype) // 4  # words per row
-    HALVES = dtype != "float32"  # two elements per word
+    RW = D * size // 4  # words per row
+    FP8_CACHE = fp8  # four e4m3 codes per word
+    HALVES = not fp8 and dtype != "float32"  # two elements per word
     BF16 = dtype == "bfloat16"
 
-    blocks_per_sm = ctas_per_sm(Br, T, D, dtype)
+    blocks_per_sm = ctas_per_sm(Br, T, D, dtype, fp8)
     options = {} if numba_config.ENABLE_CUDASIM else {"launch_bounds": (T, blocks_per_sm)}
 
     @cuda.jit(fastmath=FASTMATH, **options)
     def paged_decode_split(q, k_words, v_words, block_table, seq_lens, o, lse, o_part, lse_part,
-                           scale_log2, split_len, left, right):
+                           errors, kv_scales, scale_log2, split_len, max_len, left, right):
         sm_m = cuda.shared.array((W, Br), float32)  # each warp's m, l, O after its lane groups merge
         sm_l = cuda.shared.array((W, Br), float32)
         sm_o = cuda.shared.array((W, Br, D), float32)
@@ -351,10 +410,37 @@ def build(Br, D, dtype, T, U):
                 i_max = max(i_max, i)
         lo = int32(max(split * split_len, i_min + first, 0))
         hi = int32(min((split + 1) * split_len, i_max + last + 1, n_kv))
+
+        # The checks (module docstring), before any K/V read: the length, then the table entries
+        # of this split's keys, spread over the threads. A violation: no key is read (hi = lo),
+        # errors[b] is flagged and the outputs are NaN.
+        table_row = block_table[b]
+        num_blocks = k_words.shape[0]
+        length_ok = n_q <= n_kv and n_kv <= max_len
+        bad_entry = int32(0)
+        if length_ok:
+            first_block = split * split_len // bs
+            end_block = (min((split + 1) * split_len, n_kv) + bs - 1) // bs
+            for jb in range(first_block + t, end_block, T):
+                phys = table_row[jb]
+                if phys < 0 or phys >= num_blocks:
+                    bad_entry = int32(1)
+        broken = int32(0) if length_ok else int32(BAD_LENGTH)
+        if cuda.syncthreads_or(bad_entry) and length_ok:
+            broken = int32(BAD_BLOCK)
+        if broken != 0:
+            hi = lo
+            if t == 0:
+                cuda.atomic.or_(errors, b, broken)
         all_lo = int32(i_max + first)
         all_hi = int32(min(i_min + last + 1, hi))
 
-        # My elements of the query rows, times scale·log2 e (so S comes out in base 2).
+        # My elements of the query rows, times scale·log2 e (so S comes out in base 2), and with
+        # an FP8 cache times K's scale (q·(s·k) = (s·q)·k).
+        q_factor = scale_log2
+        if FP8_CACHE:
+            k_scale, v_scale = kv_scales
+            q_factor = scale_log2 * (k_scale[hk] * E4M3_UNIT)
         for r in range(Br):
             g = (row0 + r) // n_q
             i = (row0 + r) - g * n_q
@@ -363,7 +449,7 @@ def build(Br, D, dtype, T, U):
                 for e in range(EPC):
                     x = float32(0)
                     if row0 + r < rows and chunk < C:
-                        x = load_f32(q[b, hk * group + g, i, chunk * EPC + e]) * scale_log2
+                        x = load_f32(q[b, hk * group + g, i, chunk * EPC + e]) * q_factor
                     q_r[r, cc * EPC + e] = x
                     acc[r, cc * EPC + e] = float32(0)
             m[r] = NEG_INF
@@ -376,7 +462,6 @@ def build(Br, D, dtype, T, U):
         step_at = int32(STEP - step_blocks * bs)
         block_words = int32(kv_heads * bs * RW)
         head_words = int32(hk * bs * RW + lk * 4)
-        table_row = block_table[b]
         for u in range(U):
             ahead[u] = mine + u * STRIDE
             key = lo + ahead[u]
@@ -419,7 +504,14 @@ def build(Br, D, dtype, T, U):
                 for r in range(Br):
                     s[u, r] = float32(0)
                 for w in range(WORDS):
-                    if HALVES:
+                    if FP8_CACHE:
+                        x0, x1, x2, x3 = e4m3x4(kw[u, w])
+                        for r in range(Br):
+                            s[u, r] += q_r[r, 4 * w] * x0
+                            s[u, r] += q_r[r, 4 * w + 1] * x1
+                            s[u, r] += q_r[r, 4 * w + 2] * x2
+                            s[u, r] += q_r[r, 4 * w + 3] * x3
+                    elif HALVES:
                         x0, x1 = bf16x2(kw[u, w]) if BF16 else f16x2(kw[u, w])
                         for r in range(Br):  # two FFMA (a + b·c + d·e would round in between)
                             s[u, r] += q_r[r, 2 * w] * x0
@@ -460,7 +552,14 @@ def build(Br, D, dtype, T, U):
             # O += P·V on my elements.
             for u in range(U):
                 for w in range(WORDS):
-                    if HALVES:
+                    if FP8_CACHE:
+                        x0, x1, x2, x3 = e4m3x4(vw[u, w])
+                        for r in range(Br):
+                            acc[r, 4 * w] += s[u, r] * x0
+                            acc[r, 4 * w + 1] += s[u, r] * x1
+                            acc[r, 4 * w + 2] += s[u, r] * x2
+                            acc[r, 4 * w + 3] += s[u, r] * x3
+                    elif HALVES:
                         x0, x1 = bf16x2(vw[u, w]) if BF16 else f16x2(vw[u, w])
                         for r in range(Br):
                             acc[r, 2 * w] += s[u, r] * x0
@@ -512,7 +611,12 @@ def build(Br, D, dtype, T, U):
                     l_all += sm_l[w, r] * c
                     o_all += sm_o[w, r, d] * c
                 out = o_all / l_all if l_all > float32(0) else float32(0)
+                if FP8_CACHE:  # O = Σ p·(s·v) = s·Σ p·v
+                    out *= v_scale[hk] * E4M3_UNIT
                 row_lse = (m_all + math.log2(l_all)) * LN2 if l_all > float32(0) else NEG_INF
+                if broken != 0:
+                    out = NAN
+                    row_lse = NAN
                 g = (row0 + r) // n_q
                 i = (row0 + r) - g * n_q
                 h = hk * group + g
@@ -555,7 +659,12 @@ def build_combine(D):
         x_max = segment_max(FULL_MASK, x, 32)
         if t % 32 == 0:
             warp_max[t // 32] = x_max
-        cuda.syncthreads()
+        if cuda.syncthreads_or(int32(x != x)):  # a split found a bad length or block (NaN LSE_s): NaN
+            for d in range(t, D, T):
+                o[b, h, i, d] = to_io(NAN, o)
+            if t == 0:
+                lse[b, h, i] = NAN
+            return
         m = warp_max[0]
         for w in range(1, NW):
             m = max(m, warp_max[w])
@@ -607,13 +716,15 @@ def shared_bytes(Br, D, T):
 
 
 def needs(problem, config):
-
     Br, _ = row_blocks(problem, config)
     T = config["threads"]
+    rules = {"threads is a multiple of 32, at most 1024": T % 32 == 0 and T <= 1024,
+             "Br is at most 16 (the rows live in registers)": config["Br"] <= 16}
+    if is_fp8(problem):
+        rules["an FP8 cache needs head_dim a multiple of 16 (16 codes a 16-byte chunk)"] = (
+            problem.head_dim % 16 == 0)
     return Needs(shared_bytes=shared_bytes(Br, problem.head_dim, T), head_dims=HEAD_DIMS,
-                 dtypes=DTYPES,
-                 rules={"threads is a multiple of 32, at most 1024": T % 32 == 0 and T <= 1024,
-                        "Br is at most 16 (the rows live in registers)": config["Br"] <= 16})
+                 dtypes=DTYPES, rules=rules)
 
 
 def _splits_and_rows(problem, config):
@@ -622,9 +733,10 @@ def _splits_and_rows(problem, config):
 
 
 def workspace_bytes(problem, config):
-    """The float32 partial O and LSE of every split (a placeholder of two floats with one split)."""
+    """The float32 partial O and LSE of every split (a placeholder of two floats with one split),
+    and the int32 error flag of each sequence (when the caller passes no array for them)."""
     splits, _, rows = _splits_and_rows(problem, config)
-    return 4 * splits * rows * (problem.head_dim + 1) if splits > 1 else 8
+    return (4 * splits * rows * (problem.head_dim + 1) if splits > 1 else 8) + 4 * problem.batch
 
 
 def as_words(cache):
@@ -634,14 +746,19 @@ def as_words(cache):
     shape = shape[:-1] + (shape[-1] * np.dtype(cache.dtype).itemsize // 4,)
     if not hasattr(cache, "view"):
         return type(cache)(shape, np.uint32)
-    ptr = getattr(cache, "device_ctypes_pointer", None)
-    if ptr is not None and not numba_config.ENABLE_CUDASIM and (ptr.value or 0) % CHUNK:
-        raise ValueError(f"the KV cache must start on a {CHUNK}-byte boundary for vector loads "
-                         f"(it starts at {ptr.value:#x}): pass a freshly allocated cache")
-    return cache.view(np.uint32)
+    return cache.view(np.uint32)  # (16-byte alignment: checked by the API's validate())
 
 
 def launch(problem, config, q, k_cache, v_cache, block_table, seq_lens, o, lse, gpu):
+    """The harness's launch (kernels/contract.py DECODE): error flags in scratch, no FP8 scales."""
+    launch_with(problem, config, q, k_cache, v_cache, block_table, seq_lens, o, lse, gpu)
+
+
+def launch_with(problem, config, q, k_cache, v_cache, block_table, seq_lens, o, lse, gpu,
+                errors=None, kv_scales=()):
+    """launch, with errors: an int32 array of at least B flags the kernel or-s BAD_LENGTH /
+    BAD_BLOCK into (scratch when None: the outputs' NaN is then the only sign), and kv_scales:
+    (k_scale, v_scale), each (Hkv,) float32, with an FP8 cache (problem.cache_dtype), else ()."""
     p = problem
     Br, blocks = row_blocks(p, config)
     splits, split_len, rows = _splits_and_rows(p, config)
@@ -652,10 +769,19 @@ def launch(problem, config, q, k_cache, v_cache, block_table, seq_lens, o, lse, 
     else:  # the split kernel writes O itself
         o_part = gpu.empty((1, 1, 1), np.float32)
         lse_part = gpu.empty((1, 1), np.float32)
+    if errors is None:
+        errors = gpu.empty((p.batch,), np.int32)
+    if is_fp8(p) and not kv_scales and not hasattr(k_cache, "view"):  # planning placeholders
+        kv_scales = (type(k_cache)((p.kv_heads,), np.float32),) * 2
+    if is_fp8(p) != (len(kv_scales) == 2):
+        raise ValueError("an FP8 cache (problem.cache_dtype) takes kv_scales = (k_scale, v_scale); "
+                         "any other cache takes ()")
     T = config["threads"]
-    kernel = build(Br, p.head_dim, p.dtype, T, config["unroll"])
+    kernel = build(Br, p.head_dim, p.dtype, T, config["unroll"], is_fp8(p))
+    max_len = min(p.max_seq, p.max_blocks * p.block_size)  # the lengths this launch covers
     gpu.launch(kernel, (blocks, splits, p.batch * p.kv_heads), T,
                q, as_words(k_cache), as_words(v_cache), block_table, seq_lens, o, lse,
-               o_part, lse_part, LOG2E * np.float32(p.scale), split_len, left, right)
+               o_part, lse_part, errors, tuple(kv_scales), LOG2E * np.float32(p.scale), split_len,
+               max_len, left, right)
     if splits > 1:
         gpu.launch(build_combine(p.head_dim), rows, COMBINE_THREADS, o_part, lse_part, o, lse)
