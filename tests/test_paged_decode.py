@@ -291,3 +291,14 @@ def test_fp8_cache_is_validated():
     c24 = np.zeros((kc.shape[0], 1, 4, 24), np.uint8)
     with pytest.raises(ValueError, match="multiple of 16"):
         decode(q24, c24, c24, table, lens, k_scale=ks, v_scale=vs)
+
+
+def test_fp8_cache_bytes_are_half_of_float16s():
+    from workbench.problem import DecodeProblem
+
+    shape = dict(batch=2, heads=4, kv_heads=2, seq_q=1, seq_lens=(20, 9), head_dim=16, block_size=8,
+                 num_blocks=6, max_blocks=3, dtype="float16")
+    p16, p8 = DecodeProblem(**shape), DecodeProblem(**shape, cache_dtype="float8_e4m3fn")
+    assert p8.cache_bytes_read() * 2 == p16.cache_bytes_read() == 2 * 2 * 16 * 2 * 29
+    cache16 = 2 * 6 * 2 * 8 * 16 * 2
+    assert p16.io_bytes() - p8.io_bytes() == cache16 // 2 - 8 * 2  # (the FP8 cache's scales)

@@ -122,11 +122,6 @@ class Problem:
     def itemsize(self) -> int:
         return host_dtype(self.dtype).itemsize
 
-    @property
-    def cache_itemsize(self) -> int:
-        """Bytes of a cached K or V element (1 for e4m3 codes)."""
-        return 1 if self.cache_dtype else self.itemsize
-
     # --- the mask -----------------------------------------------------------------------------
     def window_bounds(self) -> tuple[int, int]:
         """(left, right) after causal is folded in; -1 = unbounded."""
@@ -278,6 +273,11 @@ class DecodeProblem:
     @property
     def itemsize(self) -> int:
         return host_dtype(self.dtype).itemsize
+
+    @property
+    def cache_itemsize(self) -> int:
+        """Bytes of a cached K or V element (1 for e4m3 codes)."""
+        return 1 if self.cache_dtype else self.itemsize
 
     def mask_bounds(self) -> tuple[int, int]:
         """(left, right) with unbounded replaced by a number no row reaches (as Problem's)."""
