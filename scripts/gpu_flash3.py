@@ -6,6 +6,7 @@ one device call (< 10 minutes) and each write one JSON with provenance.
     python3 scripts/gpu_flash3.py OUTDIR verify     # (b) flash3 vs float64, simplest schedule first
     python3 scripts/gpu_flash3.py OUTDIR time       # (c) flash3 beside flash2_mma, SDPA flash, cuDNN
     python3 scripts/gpu_flash3.py OUTDIR schedules  # (d) flash3's schedules and tiles at N = 4096
+    python3 scripts/gpu_flash3.py OUTDIR fp8        # (e) FP8: k32 probes, verify, FP8 vs fp16 timing
     python3 scripts/gpu_flash3.py OUTDIR all [--quick]
 
 (a) probe.json: a TMA box into shared memory against NumPy, byte for byte with the 128-byte
@@ -21,6 +22,12 @@ one device call (< 10 minutes) and each write one JSON with provenance.
     float16, bfloat16 at 4K): flash3, flash2_mma, SDPA flash and cuDNN, round-robin.
 (d) schedules.json: flash3's schedules (one_role, in_order, no-pingpong, FA3) and Bc = 64 × 4
     stages at N = 4096, float16, both D, causal and not, beside SDPA flash and cuDNN.
+(e) fp8.json (stage fp8): first the FP8 probes (one k32 wgmma chain SS, Q·Kᵀ from UINT8 tensor
+    maps, N = 64/128; one RS, P packed to e4m3 in S's accumulator order against a V_jᵀ whose key
+    columns are stored in that order, N = D = 64/128; each against NumPy on the same e4m3 values),
+    then flash3 FP8 against float64 of the dequantised inputs (tests/test_flash3.py FP8_CASES, the
+    verifier's FP8 rule, RMSE reported), then FP8 beside float16 at the issue's shapes
+    (target: FP8 >= 1.5x flash3 fp16 at N >= 4096).
 """
 
 from __future__ import annotations
@@ -141,9 +148,10 @@ def probe_kernels():
                 out[r] = r + 1
         out[rounds + t] = 1
 
-    def wgmma_ss(N, bf16):
-        """S (64 × N) = A (64 × 64) Bᵀ, A and B TMA-loaded, K-major, 4 k-steps of 16."""
-        mma = f[f"wbh_wgmma_ss_n{N}_{'bf16' if bf16 else 'f16'}"]
+    def wgmma_ss(N, bf16, e4m3=False):
+        """S (64 × N) = A (64 × 64) Bᵀ, A and B TMA-loaded, K-major, 4 k-steps of 16 (e4m3: A is
+        64 × 128 codes, 4 k-steps of 32: the same 128-byte rows and descriptors)."""
+        mma = f[f"wbh_wgmma_ss_n{N}_{'e4m3' if e4m3 else 'bf16' if bf16 else 'f16'}"]
         fence = wbh_fence_acc64 if N == 128 else wbh_fence_acc32
         a_bytes, b_bytes = 64 * 128, N * 128
         NT = N // 8
@@ -237,7 +245,67 @@ def probe_kernels():
                     out[r1, 8 * nd + 2 * tq + e] = acc[nd, 2 + e]
         return kernel, v_bytes + 8 + 1024
 
-    return {"tma_box": tma_box, "mbar_rounds": mbar_rounds, "wgmma_ss": wgmma_ss, "wgmma_rs": wgmma_rs}
+    wbh_pack_e4m3x4 = f["wbh_pack_e4m3x4"]
+
+    def wgmma_rs8(D):
+        """O (64 × D) = P (64 × 128 keys) V (128 keys × D), e4m3: P packed from registers in S's
+        accumulator order (keys 2t, 2t+1, 8+2t, 9+2t of each 16 as columns 4t … 4t+3), V_jᵀ
+        (D rows × 128 key columns in that same order, made on the host) TMA-loaded, K-major."""
+        mma = f[f"wbh_wgmma_rs_n{D}_e4m3"]
+        fence = wbh_fence_acc64 if D == 128 else wbh_fence_acc32
+        vt_bytes = D * 128
+        ND = D // 8
+
+        @cuda.jit(launch_bounds=(128, 1))
+        def kernel(tmaps, p, out):
+            smem = cuda.shared.array(0, types.uint8)
+            acc = cuda.local.array((ND, 4), float32)
+            pa = cuda.local.array((4, 4), uint32)
+            base, _ = aligned(smem)
+            bar = base + uint32(vt_bytes)
+            t = cuda.threadIdx.x
+            w, lane = t // 32, t % 32
+            g, tq = lane // 4, lane % 4
+            for nd in range(ND):
+                for e in range(4):
+                    acc[nd, e] = float32(0)
+            r0, r1 = 16 * w + g, 16 * w + g + 8
+            for kc in range(4):
+                for half in range(2):
+                    c0 = 32 * kc + 16 * half + 2 * tq
+                    pa[kc, 2 * half] = wbh_pack_e4m3x4(p[r0, c0], p[r0, c0 + 1], p[r0, c0 + 8], p[r0, c0 + 9])
+                    pa[kc, 2 * half + 1] = wbh_pack_e4m3x4(p[r1, c0], p[r1, c0 + 1], p[r1, c0 + 8], p[r1, c0 + 9])
+            if t == 0:
+                wbh_mbar_init(bar, uint32(1))
+                wbh_fence_mbar_init()
+            cuda.syncthreads()
+            if t == 0:
+                tm = addr(address_of(tmaps))
+                wbh_tensormap_acquire(tm)
+                wbh_mbar_arrive_expect_tx(bar, uint32(vt_bytes))
+                wbh_tma_load_3d(base, tm, int32(0), int32(0), int32(0), bar)
+            wbh_mbar_wait(bar, uint32(0))
+            wbh_wgmma_fence()
+            for kc in range(4):
+                mma(address_of(acc), address_of(pa[kc]), wbh_desc_sw128(base + uint32(32 * kc), uint32(16),
+                                                                        uint32(1024)))
+            wbh_wgmma_commit()
+            wbh_wgmma_wait0()
+            fence(address_of(acc))
+            for nd in range(ND):
+                for e in range(2):
+                    out[r0, 8 * nd + 2 * tq + e] = acc[nd, e]
+                    out[r1, 8 * nd + 2 * tq + e] = acc[nd, 2 + e]
+        return kernel, vt_bytes + 8 + 1024
+
+    return {"tma_box": tma_box, "mbar_rounds": mbar_rounds, "wgmma_ss": wgmma_ss, "wgmma_rs": wgmma_rs,
+            "wgmma_rs8": wgmma_rs8}
+
+
+def fp8_key_order():
+    """slot c of a 128-key V_jᵀ row holds key KEY_OF[c] (flash3's transpose_v)."""
+    return np.array([32 * (c // 32) + 16 * ((c // 16) % 2) + [0, 1, 8, 9][c % 4] + 2 * ((c % 16) // 4)
+                     for c in range(128)])
 
 
 def _device_maps(*maps):
@@ -293,6 +361,38 @@ def probe_one(name):
         unswizzled = np.array_equal(got, plain)
         return {"passed": bool(np.array_equal(got, want)), "bytes_wrong": int((got != want).sum()),
                 "equal_without_swizzle": bool(unswizzled)}
+    F8 = ml_dtypes.float8_e4m3fn
+    if name.startswith("wgmma-ss8"):  # wgmma-ss8_n64: S = Q Kᵀ on e4m3 codes, K = 128
+        n = int(name.split("_n")[1])
+        a = rng.standard_normal((1, 64, 128)).astype(np.float32).clip(-448, 448).astype(F8)
+        b = rng.standard_normal((1, n, 128)).astype(np.float32).clip(-448, 448).astype(F8)
+        da, db = cuda.to_device(a.view(np.uint8)), cuda.to_device(b.view(np.uint8))
+        maps = _device_maps(flash3.tensor_map(da.__cuda_array_interface__["data"][0], 64, 1, 128, 64, False, True),
+                            flash3.tensor_map(db.__cuda_array_interface__["data"][0], n, 1, 128, n, False, True))
+        kernel, smem = k["wgmma_ss"](n, False, e4m3=True)
+        out = cuda.to_device(np.full((64, n), np.nan, np.float32))
+        _launch(kernel, 128, smem, maps, out)
+        want = a[0].astype(np.float64) @ b[0].astype(np.float64).T
+        got = out.copy_to_host()
+        err = float(np.nanmax(np.abs(got - want))) if np.isfinite(got).any() else float("nan")
+        return {"passed": bool(np.isfinite(got).all() and np.allclose(got, want, rtol=1e-4, atol=1e-3)),
+                "max_abs_err": err, "nan": int(np.isnan(got).sum())}
+    if name.startswith("wgmma-rs8"):  # wgmma-rs8_n128: O = P V, P e4m3 from registers, V_jᵀ permuted
+        n = int(name.split("_n")[1])
+        p = rng.uniform(0, 256, (64, 128)).astype(np.float32)  # (2⁸·P, as flash3 scales it)
+        v = rng.standard_normal((128, n)).astype(np.float32).astype(F8)
+        vt = np.ascontiguousarray(v[fp8_key_order()].T)  # (D, 128): row d, slot c = V[key(c), d]
+        dv = cuda.to_device(vt.view(np.uint8)[None])
+        maps = _device_maps(flash3.tensor_map(dv.__cuda_array_interface__["data"][0], n, 1, 128, n, False, True))
+        kernel, smem = k["wgmma_rs8"](n)
+        out = cuda.to_device(np.full((64, n), np.nan, np.float32))
+        _launch(kernel, 128, smem, maps, cuda.to_device(p), out)
+        want = p.astype(F8).astype(np.float64) @ v.astype(np.float64)  # P rounded as the kernel rounds it
+        got = out.copy_to_host()
+        err = float(np.nanmax(np.abs(got - want))) if np.isfinite(got).any() else float("nan")
+        scale = float(np.abs(want).max())
+        return {"passed": bool(np.isfinite(got).all() and np.allclose(got, want, rtol=1e-3, atol=1e-3 * scale)),
+                "max_abs_err": err, "nan": int(np.isnan(got).sum())}
     kind, n, dt = name.split("_")  # wgmma-ss_n64_f16, wgmma-rs_n128_bf16
     n = int(n[1:])
     bf16 = dt == "bf16"
@@ -326,11 +426,12 @@ def probe_one(name):
 
 PROBES = ["mbar_rounds", "tma_d128_rows64", "wgmma-ss_n64_f16", "wgmma-ss_n128_f16", "wgmma-ss_n64_bf16",
           "wgmma-rs_n64_f16", "wgmma-rs_n128_f16", "wgmma-rs_n128_bf16"]
+FP8_PROBES = ["wgmma-ss8_n64", "wgmma-ss8_n128", "wgmma-rs8_n64", "wgmma-rs8_n128"]
 
 
-def stage_probe():
+def stage_probe(names=None, file="probe.json"):
     result = {"provenance": provenance(), "probes": []}
-    for name in PROBES:
+    for name in names or PROBES:
         rc, tail = in_subprocess(["_probe", name], timeout=120)
         rec = {"probe": name, "returncode": rc}
         try:
@@ -340,7 +441,8 @@ def stage_probe():
         result["probes"].append(rec)
         log("probe", name, "PASS" if rec.get("passed") else f"FAIL ({rc})", {k: v for k, v in rec.items()
                                                                           if k not in ("output", "probe")})
-        save("probe.json", result)
+        save(file, result)
+    return result
 
 
 # --- (b) verify -------------------------------------------------------------------------------------
@@ -467,14 +569,90 @@ def stage_time(schedules_only=False):
         torch.cuda.empty_cache()
 
 
+# --- (e) FP8 -----------------------------------------------------------------------------------------
+
+def verify_fp8():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from test_flash3 import FP8_CASES
+
+    from workbench.harness import verify
+
+    out = []
+    for i, p in enumerate(FP8_CASES[:3] if QUICK else FP8_CASES):
+        try:
+            rep = verify.check("flash3", p, seed=FP8_CASES.index(p) + 11)
+            out.append({"problem": p.describe(), "passed": rep.passed, "report": rep.as_dict()})
+        except Exception:  # noqa: BLE001
+            out.append({"problem": p.describe(), "passed": False, "error": traceback.format_exc()[-2000:]})
+    return out
+
+
+def stage_fp8():
+    """FP8 probes, then verification, then FP8 beside float16 (flash3 both, round-robin)."""
+    import torch
+    from numba import cuda
+
+    from workbench import Problem
+    from workbench.harness import runner, timing
+    from workbench.kernels import get
+
+    result = {"provenance": provenance(), "probes": stage_probe(FP8_PROBES, "fp8.json")["probes"]}
+    rc, tail = in_subprocess(["_verify_fp8"], timeout=240)
+    try:
+        result["verify"] = json.loads(tail.strip().splitlines()[-1])
+    except Exception:  # noqa: BLE001 - a hang or crash: keep its output
+        result["verify"] = [{"passed": False, "returncode": rc, "output": tail}]
+    log("fp8 verify", f"{sum(r.get('passed', False) for r in result['verify'])}/{len(result['verify'])} passed")
+    save("fp8.json", result)
+    if not all(r.get("passed") for r in result["verify"]):
+        return  # timings of a wrong kernel mean nothing
+    rung, result["timing"] = get("flash3"), []
+    seqs = (4096,) if QUICK else (1024, 4096, 16384)
+    for h, d in ((32, 64), (16, 128)):
+        for n in seqs:
+            for causal in (False, True):
+                p16 = Problem(8, h, h, n, n, d, "float16", causal=causal)
+                p8 = Problem(8, h, h, n, n, d, "float8_e4m3fn", causal=causal, descale=(0.01, 0.01, 0.01))
+                g = torch.Generator(device="cuda").manual_seed(0)
+                x = [torch.randn(p16.q_shape, device="cuda", dtype=torch.float16, generator=g) for _ in range(3)]
+                x8 = [(t * 100).clamp(-448, 448).to(torch.float8_e4m3fn) for t in x]
+                o = torch.empty_like(x[0])
+                lse = cuda.as_cuda_array(torch.empty(p16.lse_shape, device="cuda", dtype=torch.float32))
+                calls = {}
+                for name, p, ins in (("flash3 fp16", p16, x), ("flash3 fp8", p8, x8)):
+                    arrays = [cuda.as_cuda_array(t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t)
+                              for t in ins] + [cuda.as_cuda_array(o), lse]
+                    cfg, pool = runner.check_config(rung, p), runner.Pool()
+                    runner.run(rung, p, cfg, *arrays, pool=pool)
+                    cuda.synchronize()
+                    calls[name] = (lambda p=p, cfg=cfg, pool=pool, arrays=arrays:
+                                   runner.run(rung, p, cfg, *arrays, pool=pool, track_memory=False))
+                samples = {k: [] for k in calls}
+                for _ in range(3):
+                    for k, fn in calls.items():
+                        samples[k].append(timing.time_call(fn, repeat=10, warmup=1, budget_s=1.0).median_ms)
+                med = {k: float(np.median(v)) for k, v in samples.items()}
+                for k, ms in med.items():
+                    result["timing"].append({"kernel": k, "problem": p16.describe(), "round_medians_ms": samples[k],
+                                             "median_ms": ms, "tflops": p16.flops() / (ms * 1e-3) / 1e12})
+                ratio = med["flash3 fp16"] / med["flash3 fp8"]
+                result["timing"].append({"problem": p16.describe(), "fp8_speedup": ratio, "target": 1.5})
+                log(f"{p16.describe():40s} fp16 {med['flash3 fp16']:.3f} ms  fp8 {med['flash3 fp8']:.3f} ms  x{ratio:.2f}")
+                save("fp8.json", result)
+                del x, x8, o, lse, calls
+                torch.cuda.empty_cache()
+
+
 if __name__ == "__main__":
     if STAGE == "_probe":  # (a child process: one probe, its record as the last line)
         print(json.dumps(probe_one(sys.argv[3])))
     elif STAGE == "_verify":
         print(json.dumps(verify_schedule(sys.argv[3]), default=str))
+    elif STAGE == "_verify_fp8":
+        print(json.dumps(verify_fp8(), default=str))
     else:
         for stage, fn in (("probe", stage_probe), ("verify", stage_verify), ("time", stage_time),
-                          ("schedules", lambda: stage_time(schedules_only=True))):
+                          ("schedules", lambda: stage_time(schedules_only=True)), ("fp8", stage_fp8)):
             if STAGE in (stage, "all"):
                 fn()
         log("done")

@@ -12,6 +12,7 @@
 #   bash scripts/gpu_h200.sh OUT serving     # issue 16: concurrent sequences that fit (contiguous vs
 #                                            #   paged) and tokens/s at each concurrency vs SDPA
 #   bash scripts/gpu_h200.sh OUT hopper      # issue 20: flash3's probes, verify, timings
+#   bash scripts/gpu_h200.sh OUT hopper_fp8  # issue 20: flash3 FP8 probes, verify, timing vs fp16
 #   bash scripts/gpu_h200.sh OUT course      # issues 17/18/19: notebooks live, the grader on a GPU,
 #                                            #   the torch operators' GPU tests, the GPU test suite
 #   bash scripts/gpu_h200.sh OUT torch       # issue 19: torch-integration.{json,png} (opcheck, stream,
@@ -20,7 +21,7 @@
 # Start each device command with the numpy-2.4 wheel install (../shared/device-wheels.sh) and pass
 # carry: [".whl"]. Unpack the tgz files into figures/h200/ (the JSON files carry their provenance).
 set -u
-OUT=${1:?usage: gpu_h200.sh OUT forward|backward|decode|serving|course|torch|hopper}
+OUT=${1:?usage: gpu_h200.sh OUT forward|backward|decode|serving|course|torch|hopper|hopper_fp8}
 mkdir -p "$OUT"
 . "$(dirname "$0")/gpu_steps.sh"
 case "${2:?which group}" in
@@ -49,6 +50,9 @@ case "${2:?which group}" in
     step flash3_probe 150 python3 scripts/gpu_flash3.py "$OUT/flash3" probe
     step flash3_verify 300 python3 scripts/gpu_flash3.py "$OUT/flash3" verify
     step flash3_time 120 python3 scripts/gpu_flash3.py "$OUT/flash3" time
+    ;;
+  hopper_fp8)
+    step flash3_fp8 300 python3 scripts/gpu_flash3.py "$OUT/flash3" fp8
     ;;
   torch)
     step torch_integration 420 python3 -m workbench.bench.torch_integration "$OUT/torch_integration"

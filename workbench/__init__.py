@@ -23,6 +23,7 @@ if select_mode() == "simulator":
     _install_simulator()
 
 from workbench.api import DecodeError, DecodeErrors, attention, backward, decode, quantize_cache  # noqa: E402
+from workbench.dtypes import quantize_fp8  # noqa: E402
 from workbench.kernels import LADDER  # noqa: E402
 from workbench.problem import Problem  # noqa: E402
 
@@ -35,4 +36,4 @@ def traffic(kernel, problem, config=None, seed: int = 0):
     return count(kernel, problem, config, seed)
 
 
-__all__ = ["attention", "backward", "decode", "DecodeErrors", "DecodeError", "quantize_cache", "LADDER", "Problem", "mode", "traffic"]
+__all__ = ["attention", "backward", "decode", "DecodeErrors", "DecodeError", "quantize_cache", "LADDER", "Problem", "mode", "quantize_fp8", "traffic"]

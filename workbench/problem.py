@@ -18,11 +18,44 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workbench.dtypes import host_dtype
+from workbench.dtypes import FP8, host_dtype, out_dtype
 
 # I/O dtypes (accumulation is always float32). bfloat16 is ml_dtypes.bfloat16 on the host and reaches
 # a rung as uint16 bit patterns (workbench/dtypes.py); not every rung takes it (Needs.dtypes).
-DTYPES = ("float32", "float16", "bfloat16")
+# float8_e4m3fn: e4m3 codes (uint8 on the device) with per-tensor descale factors, O in float16
+# (flash3 only).
+DTYPES = ("float32", "float16", "bfloat16", FP8)
+
+
+def check_descale(descale, dtype: str):
+    """FP8's (q_descale, k_descale, v_descale): None (unscaled codes) or three finite positive
+    numbers, kept as float32 values; only FP8 problems have them."""
+    if descale is None:
+        return None
+    if dtype != FP8:
+        raise ValueError(f"descale is for {FP8} inputs (their per-tensor scales); a {dtype} problem "
+                         f"has none: drop it")
+    try:
+        values = tuple(descale)
+    except TypeError:
+        values = ()
+    if len(values) != 3:
+        raise TypeError(f"descale must be (q_descale, k_descale, v_descale), three float32 scales "
+                        f"(workbench.quantize_fp8 gives each tensor's); got {descale!r}")
+    out = []
+    for name, x in zip(("q_descale", "k_descale", "v_descale"), values):
+        if isinstance(x, np.ndarray) and x.size == 1:
+            x = x.reshape(()).item()
+        elif type(x).__module__.split(".")[0] == "torch" and x.numel() == 1:
+            x = x.item()  # (a device tensor: one host sync)
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a real number (a per-tensor float32 scale), got {x!r}")
+        value = float(np.float32(x))
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} = {x!r} must be finite and > 0 (in float32): codes × scale is "
+                             f"the tensor")
+        out.append(value)
+    return tuple(out)
 
 
 def _positive_int(name: str, value) -> int:
@@ -80,6 +113,7 @@ class Problem:
     causal: bool = False
     window: tuple[int, int] | None = None
     scale: float | None = None  # defaults to 1/sqrt(head_dim)
+    descale: tuple | None = None  # FP8: (q_descale, k_descale, v_descale); None = unscaled codes
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -99,6 +133,12 @@ class Problem:
         set_(self, "causal", bool(self.causal))
         set_(self, "window", check_window(self.window))
         set_(self, "scale", check_scale(self.scale, self.head_dim))
+        set_(self, "descale", check_descale(self.descale, dtype))
+
+    @property
+    def out_dtype(self) -> str:
+        """O's dtype: the I/O dtype, or float16 for FP8 inputs (contract.Arg dtype "out")."""
+        return out_dtype(self.dtype)
 
     # --- shapes -----------------------------------------------------------------------------
     @property
@@ -160,7 +200,8 @@ class Problem:
 
     def min_bytes(self) -> int:
         """Each input read once, each output (O, and the float32 LSE) written once."""
-        q_o = 2 * self.batch * self.heads * self.seq_q * self.head_dim * self.itemsize
+        out_size = host_dtype(self.out_dtype).itemsize  # (FP8: O is float16)
+        q_o = self.batch * self.heads * self.seq_q * self.head_dim * (self.itemsize + out_size)
         k_v = 2 * self.batch * self.kv_heads * self.seq_kv * self.head_dim * self.itemsize
         lse = self.batch * self.heads * self.seq_q * 4
         return q_o + k_v + lse

@@ -9,6 +9,12 @@ bfloat16: NumPy arrays of `ml_dtypes.bfloat16` (returns the same) and torch.bflo
 (returns torch.bfloat16); the rung sees uint16 views of their bits (workbench/dtypes.py), and only
 rungs that declare bfloat16 take it. A plain uint16 or int16 array is not bfloat16 (TypeError).
 
+FP8 (e4m3, flash3 only): NumPy arrays of `ml_dtypes.float8_e4m3fn` or torch.float8_e4m3fn CUDA
+tensors holding codes, with `descale=(q_descale, k_descale, v_descale)`, the per-tensor float32
+scales (codes × scale is the tensor: `workbench.quantize_fp8`, FA3's q_descale, k_descale,
+v_descale). O comes back in float16 (FA3 returns 16-bit O for FP8 inputs); LSE is the dequantised
+problem's. A plain uint8 array is not FP8 (TypeError), as uint16 is not bfloat16.
+
 NaN and inf: NumPy inputs are scanned and refused (ValueError). Device inputs are not scanned (that
 would cost a pass over memory): a NaN there propagates into the rows that see it, as in PyTorch.
 
@@ -19,6 +25,8 @@ which waits.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -111,7 +119,7 @@ def caller_allocator(kind: str, x):
     return None
 
 
-def _problem_from(q, k, v, causal, window, scale) -> Problem:
+def _problem_from(q, k, v, causal, window, scale, descale=None) -> Problem:
     for name, x in (("q", q), ("k", k), ("v", v)):
         if len(x.shape) != 4:
             raise ValueError(f"{name} must be 4-D (batch, heads, seq, head_dim); got shape {tuple(x.shape)}")
@@ -119,6 +127,11 @@ def _problem_from(q, k, v, causal, window, scale) -> Problem:
     if len(names) > 1:
         raise TypeError(f"q, k, v must share one dtype; got {sorted(names)}: cast them to one of {DTYPES}")
     dtype = names.pop()
+    if dtype in ("uint8", "int8"):
+        raise TypeError(f"q, k, v are {dtype}, which is not taken for FP8 codes: pass NumPy arrays of "
+                        f"ml_dtypes.float8_e4m3fn (x.view(ml_dtypes.float8_e4m3fn) if they hold e4m3 "
+                        f"codes; workbench.quantize_fp8 makes them) or torch.float8_e4m3fn tensors, "
+                        f"with descale=")
     if dtype in ("uint16", "int16"):
         raise TypeError(f"q, k, v are {dtype}, which is not taken for bfloat16 bits: pass NumPy arrays "
                         f"of ml_dtypes.bfloat16 (x.view(ml_dtypes.bfloat16) if they hold its bits) or "
@@ -146,7 +159,15 @@ def _problem_from(q, k, v, causal, window, scale) -> Problem:
         if isinstance(x, np.ndarray) and x.dtype.byteorder not in "=|" and x.dtype.itemsize > 1:
             raise ValueError(f"{name} is big-endian ({x.dtype.str}): the GPU reads native (little-endian) "
                              f"numbers; pass {name}.astype({name}.dtype.newbyteorder('='))")
-    return Problem(b, h, hk, nq, nkv, d, dtype, bool(causal), window, scale)
+    if dtype == dtypes.FP8 and descale is None:
+        raise ValueError("FP8 (float8_e4m3fn) inputs need descale=(q_descale, k_descale, v_descale): "
+                         "each tensor's float32 scale (codes × scale is the tensor; "
+                         "workbench.quantize_fp8(x) returns (codes, scale)); pass (1.0, 1.0, 1.0) "
+                         "for unscaled codes")
+    if descale is not None and dtype != dtypes.FP8:
+        raise ValueError(f"descale is for FP8 (float8_e4m3fn) inputs; q, k, v are {dtype}: drop "
+                         f"descale, or quantise them with workbench.quantize_fp8")
+    return Problem(b, h, hk, nq, nkv, d, dtype, bool(causal), window, scale, descale)
 
 
 def check_flag(name: str, value) -> bool:
@@ -160,8 +181,9 @@ def check_logits_fit(problem: Problem, q, k):
     """NumPy inputs: every logit scale·q·k (and its base-2 form) must stay finite in float32, or the
     softmax is NaN or a wrong 0. |scale|·max|q|·max|k|·D bounds them all; device inputs are not
     scanned (a pass over memory), as with NaN."""
-    bound = (abs(problem.scale) * float(np.abs(q).max(initial=0)) * float(np.abs(k).max(initial=0))
-             * problem.head_dim * 1.4426950408889634)
+    sq, sk, _ = problem.descale or (1.0, 1.0, 1.0)  # (FP8: the scores of the dequantised q, k)
+    q_max, k_max = (float(np.abs(x.astype(np.float32)).max(initial=0)) for x in (q, k))
+    bound = abs(problem.scale) * sq * q_max * sk * k_max * problem.head_dim * 1.4426950408889634
     if not bound < FLOAT32_MAX:
         raise ValueError(
             f"the logits scale·q·kᵀ may overflow float32 (|scale|·max|q|·max|k|·D·log2(e) = {bound:.3g} "
@@ -169,12 +191,14 @@ def check_logits_fit(problem: Problem, q, k):
 
 
 def attention(q, k, v, *, kernel="flash2", causal=False, window=None, scale=None,
-              config=None, return_lse=False):
+              config=None, return_lse=False, descale=None):
     """Attention of q (B, H, Nq, D) over k, v (B, Hkv, Nkv, D) with the ladder rung `kernel`.
 
     causal: bottom-right aligned (query i sees key j when j <= i + Nkv - Nq).
     window: (left, right), FlashAttention's window_size; -1 is unbounded.
     scale:  defaults to 1/sqrt(D).  config: the rung's tile sizes, e.g. {"Br": 64, "Bc": 64}.
+    descale: FP8 inputs only (kernel="flash3"): (q_descale, k_descale, v_descale), the per-tensor
+            scales of the e4m3 codes (workbench.quantize_fp8); O is then float16.
     Returns O shaped like q (and LSE, (B, H, Nq) float32, with return_lse=True), of q's kind.
     """
     rung = get(kernel)
@@ -182,21 +206,22 @@ def attention(q, k, v, *, kernel="flash2", causal=False, window=None, scale=None
     if len(kinds) > 1:
         raise TypeError(f"q, k, v must all be the same kind of array; got {sorted(kinds)}")
     kind = kinds.pop()
-    problem = _problem_from(q, k, v, causal, window, scale)
+    problem = _problem_from(q, k, v, causal, window, scale, descale)
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not _contiguous(x, kind):
             raise ValueError(f"{name} is not C-contiguous on the device: pass {name}.contiguous() "
                              f"(torch) or a contiguous copy")
-        if kind == "numpy" and not np.isfinite(x).all():
+        if kind == "numpy" and not np.isfinite(x.astype(np.float32) if x.dtype == dtypes.FLOAT8 else x).all():
             raise ValueError(f"{name} contains NaN or inf; attention of non-finite inputs is undefined here")
     check_flag("return_lse", return_lse)
     if kind == "numpy":
         check_logits_fit(problem, q, k)
-    config = runner.check_config(rung, problem, config)
+    # (planned without the descale: a new set of scales each call must not plan again)
+    config = runner.check_config(rung, dataclasses.replace(problem, descale=None), config)
 
     from numba import cuda
 
-    io = dtypes.device_dtype(problem.dtype)  # bfloat16 travels as its uint16 bits
+    io = dtypes.device_dtype(problem.out_dtype)  # O's: bfloat16 travels as its uint16 bits
     if kind == "numpy":
         dq, dk, dv = (cuda.to_device(dtypes.to_bits(np.ascontiguousarray(x))) for x in (q, k, v))
         do = cuda.device_array(problem.q_shape, io)
@@ -209,12 +234,12 @@ def attention(q, k, v, *, kernel="flash2", causal=False, window=None, scale=None
         if kind == "torch":
             import torch
 
-            o_user = torch.empty_like(q)
+            o_user = torch.empty(tuple(q.shape), dtype=getattr(torch, problem.out_dtype), device=q.device)
             lse_user = torch.empty(problem.lse_shape, dtype=torch.float32, device=q.device)
         else:
             import cupy
 
-            o_user = cupy.empty_like(q)
+            o_user = cupy.empty(tuple(q.shape), dtype=dtypes.host_dtype(problem.out_dtype))
             lse_user = cupy.empty(problem.lse_shape, dtype=cupy.float32)
         dq, dk, dv, do = (dtypes.device_view(x, kind) for x in (q, k, v, o_user))
         dlse = cuda.as_cuda_array(lse_user)
@@ -223,9 +248,9 @@ def attention(q, k, v, *, kernel="flash2", causal=False, window=None, scale=None
                allocate=caller_allocator(kind, q), track_memory=False)
 
     if kind == "numpy":
-        out, lse = dtypes.from_bits(do.copy_to_host(), problem.dtype), dlse.copy_to_host()
+        out, lse = dtypes.from_bits(do.copy_to_host(), problem.out_dtype), dlse.copy_to_host()
     elif kind == "numba":
-        out, lse = (do.view(q.dtype) if problem.dtype == "bfloat16" else do), dlse
+        out, lse = (do.view(q.dtype) if problem.out_dtype == "bfloat16" else do), dlse
     else:
         out, lse = o_user, lse_user
     return (out, lse) if return_lse else out

@@ -7,7 +7,8 @@ Each array is declared once, as an `Arg`:
 - shape: the name of the problem's attribute that gives its shape (`"q_shape"`, `"kv_shape"`,
   `"lse_shape"`; decode: `"cache_shape"`, `"table_shape"`, `"lens_shape"`);
 - dtype: `"io"` for the problem's I/O dtype (bfloat16 reaches the rung as its uint16 bits:
-  workbench/dtypes.py) or a fixed NumPy dtype name (`"float32"`, `"int32"`);
+  workbench/dtypes.py), `"out"` for its output dtype (`problem.out_dtype`: the I/O dtype, except
+  float16 for FP8 inputs), or a fixed NumPy dtype name (`"float32"`, `"int32"`);
 - role:  `"in"` (the rung only reads it) or `"out"` (the rung writes every element of it).
 
 Scratch memory is not declared: a rung asks its launcher for it (`gpu.empty`), which counts it.
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from workbench.dtypes import device_dtype, host_dtype
+from workbench.dtypes import device_dtype, host_dtype, out_dtype
 
 
 @dataclass(frozen=True)
@@ -52,25 +53,31 @@ class Arg:
 
     name: str
     shape: str  # the problem attribute giving the shape, e.g. "q_shape"
-    dtype: str = "io"  # "io" (the problem's I/O dtype) or a NumPy dtype name
+    dtype: str = "io"  # "io" (the problem's I/O dtype), "out" (its output dtype) or a NumPy dtype name
     role: str = "in"  # "in" or "out"
 
     def __post_init__(self):
         if self.role not in ROLES:
             raise ValueError(f"Arg {self.name!r}: role must be one of {ROLES}, not {self.role!r}")
-        if self.dtype != "io":
+        if self.dtype not in ("io", "out"):
             np.dtype(self.dtype)  # a typo is an error here, not at the first launch
 
     def shape_of(self, problem) -> tuple[int, ...]:
         return tuple(int(n) for n in getattr(problem, self.shape))
 
+    def dtype_name(self, problem) -> str:
+        """The I/O dtype name this array is in for `problem` ("io" and "out" resolved)."""
+        if self.dtype == "io":
+            return problem.dtype
+        return out_dtype(problem.dtype) if self.dtype == "out" else self.dtype
+
     def device_dtype(self, problem) -> np.dtype:
         """The dtype of the device array the rung receives (bfloat16 I/O: uint16 bits)."""
-        return device_dtype(problem.dtype) if self.dtype == "io" else np.dtype(self.dtype)
+        return device_dtype(self.dtype_name(problem))
 
     def host_dtype(self, problem) -> np.dtype:
         """The dtype of a host copy (bfloat16 I/O: ml_dtypes.bfloat16)."""
-        return host_dtype(problem.dtype) if self.dtype == "io" else np.dtype(self.dtype)
+        return host_dtype(self.dtype_name(problem))
 
     @property
     def is_output(self) -> bool:
@@ -80,8 +87,8 @@ class Arg:
 # The standard signatures, one per kind of rung, in launch order.
 FORWARD = (
     Arg("q", "q_shape"), Arg("k", "kv_shape"), Arg("v", "kv_shape"),
-    Arg("o", "q_shape", role="out"), Arg("lse", "lse_shape", "float32", role="out"),
-)
+    Arg("o", "q_shape", "out", role="out"), Arg("lse", "lse_shape", "float32", role="out"),
+)  # (O "out": the I/O dtype, float16 for FP8 inputs)
 BACKWARD = (
     Arg("q", "q_shape"), Arg("k", "kv_shape"), Arg("v", "kv_shape"),
     Arg("o", "q_shape"), Arg("lse", "lse_shape", "float32"), Arg("do", "q_shape"),

@@ -297,3 +297,83 @@ extern "C" __device__ void wbh_bar_arrive(unsigned id, unsigned count)
 {
     asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(count) : "memory");
 }
+
+// --- FP8 (e4m3): the k32 products, P's 8-bit fragments, V's transpose ------------------------------
+//
+// wgmma m64nNk32 .f32.e4m3.e4m3: 32 one-byte elements of the reduction per instruction (the same
+// 32 bytes per row as k16 of 16-bit types). 8-bit operands have no transpose bit: A and B must both
+// be K-major, so V_j (key, d) must become V_jᵀ (d, key) in shared memory before O += P V_j.
+// A from registers (8-bit, m64k32) per warp, PTX ISA "Register fragments for wgmma .m64nNk32":
+// a[0] = A[g][4t … 4t+3], a[1] = A[g+8][4t … 4t+3], a[2] = A[g][16+4t … 16+4t+3],
+// a[3] = A[g+8][16+4t … 16+4t+3], the lowest column in the lowest byte. S's accumulator gives
+// lane 4g + t the keys 2t, 2t+1, 8+2t, 9+2t of each 16: flash3 keeps them in that order as the
+// A fragment's 4t … 4t+3 and stores V_jᵀ's key columns in the same permuted order instead.
+
+// The 64-byte swizzle's descriptor (FP8 at D = 64: rows of 64 one-byte elements): 16-byte chunk c
+// of row r at chunk c ^ ((r / 2) % 4), 8 rows an atom of 512 bytes (SBO); layout type 2.
+extern "C" __device__ unsigned long long wbh_desc_sw64(unsigned addr, unsigned lbo, unsigned sbo)
+{
+    return (unsigned long long)((addr & 0x3FFFF) >> 4)
+         | ((unsigned long long)((lbo & 0x3FFFF) >> 4) << 16)
+         | ((unsigned long long)((sbo & 0x3FFFF) >> 4) << 32)
+         | (2ull << 62);
+}
+
+// D (+)= A·B, both 8-bit operands K-major in shared memory: no transpose immediates.
+#define WBH_WGMMA_SS8(NAME, SHAPE, DREGS, ACC, A, B, S)                                                \
+    extern "C" __device__ void NAME(float* d, unsigned long long desc_a, unsigned long long desc_b, \
+                                    int accumulate)                                                 \
+    {                                                                                               \
+        WBH_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, %" S ", 0;\n"                                     \
+                "wgmma.mma_async.sync.aligned." SHAPE ".f32.e4m3.e4m3 " DREGS                       \
+                ", %" A ", %" B ", p, 1, 1;\n}"                                                     \
+                : ACC(d) : "l"(desc_a), "l"(desc_b), "r"(accumulate));                              \
+    }
+
+// D += A·B, A (P) from 4 registers of 4 e4m3 each, B (V_jᵀ, K-major) in shared memory.
+#define WBH_WGMMA_RS8(NAME, SHAPE, DREGS, ACC, A0, A1, A2, A3, B)                                       \
+    extern "C" __device__ void NAME(float* d, const unsigned* a, unsigned long long desc_b)          \
+    {                                                                                                 \
+        WBH_ASM("wgmma.mma_async.sync.aligned." SHAPE ".f32.e4m3.e4m3 " DREGS                         \
+                ", {%" A0 ", %" A1 ", %" A2 ", %" A3 "}, %" B ", 1, 1, 1;"                             \
+                : ACC(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));                \
+    }
+
+WBH_WGMMA_SS8(wbh_wgmma_ss_n64_e4m3, "m64n64k32", WBH_D32, WBH_ACC32, "32", "33", "34")
+WBH_WGMMA_SS8(wbh_wgmma_ss_n128_e4m3, "m64n128k32", WBH_D64, WBH_ACC64, "64", "65", "66")
+WBH_WGMMA_RS8(wbh_wgmma_rs_n64_e4m3, "m64n64k32", WBH_D32, WBH_ACC32, "32", "33", "34", "35", "36")
+WBH_WGMMA_RS8(wbh_wgmma_rs_n128_e4m3, "m64n128k32", WBH_D64, WBH_ACC64, "64", "65", "66", "67", "68")
+
+// Four float32 values rounded to nearest even into four e4m3 bytes of one register, x0 in the
+// lowest byte; saturating (|x| > 448 becomes ±448, not NaN). Two cvt's of two values each.
+extern "C" __device__ unsigned wbh_pack_e4m3x4(float x0, float x1, float x2, float x3)
+{
+    unsigned r;
+    asm("{\n.reg .b16 lo, hi;\n"
+        "cvt.rn.satfinite.e4m3x2.f32 lo, %2, %1;\n"
+        "cvt.rn.satfinite.e4m3x2.f32 hi, %4, %3;\n"
+        "mov.b32 %0, {lo, hi};\n}"
+        : "=r"(r) : "f"(x0), "f"(x1), "f"(x2), "f"(x3));
+    return r;
+}
+
+// Byte permute: result byte i is byte selector[4i+3 : 4i] of the 8 bytes {b, a} (a's are 0-3).
+extern "C" __device__ unsigned wbh_prmt(unsigned a, unsigned b, unsigned selector)
+{
+    unsigned r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(selector));
+    return r;
+}
+
+// 32-bit shared-memory load and store at a shared-window address (V_j's transpose).
+extern "C" __device__ unsigned wbh_lds32(unsigned addr)
+{
+    unsigned r;
+    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(r) : "r"(addr) : "memory");
+    return r;
+}
+
+extern "C" __device__ void wbh_sts32(unsigned addr, unsigned value)
+{
+    asm volatile("st.shared.b32 [%0], %1;" :: "r"(addr), "r"(value) : "memory");
+}

@@ -314,8 +314,8 @@ def traffic(kernel, problem, config=None, seed: int = 0) -> Traffic:
             rec.label(arr, a.name.upper())
         runner.run(rung, problem, cfg, *arrays)
     for a, arr in zip(rung.args, arrays):
-        if a.is_output and a.dtype == "io":  # (LSE may be -inf: rows that see no key)
-            if not np.isfinite(dtypes.from_bits(arr.copy_to_host(), problem.dtype).astype(np.float32)).all():
+        if a.is_output and a.dtype in ("io", "out"):  # (LSE may be -inf: rows that see no key)
+            if not np.isfinite(dtypes.from_bits(arr.copy_to_host(), a.dtype_name(problem)).astype(np.float32)).all():
                 raise RuntimeError(f"{rung.name} left non-finite values in {a.name} while counting: a bug")
     return Traffic(rung.name, asdict(problem), cfg, rec.launches)
 
