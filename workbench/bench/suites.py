@@ -76,6 +76,9 @@ GPU_VERIFY = (
     Problem(1, 32, 1, 1, 77, 128, "bfloat16"),
     Problem(2, 32, 1, 301, 301, 64, "float16", causal=True),
     Problem(2, 32, 4, 513, 700, 128, "bfloat16", window=(128, 0)),
+    # FP8 (flash3 only: e4m3 codes quantised per tensor, judged on the dequantised inputs)
+    Problem(2, 32, 8, 301, 301, 64, "float8_e4m3fn", causal=True),
+    Problem(1, 16, 16, 1025, 1000, 128, "float8_e4m3fn"),
 )
 
 SEED_SEQS = (512, 1024, 2048, 4096, 8192)
