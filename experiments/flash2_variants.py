@@ -32,7 +32,9 @@ from workbench.kernels.common import (FASTMATH, LN2, LOG2E, NEG_INF, cdiv, first
                                       load_f32, to_io, visible)
 from workbench.kernels.contract import Needs
 from workbench.kernels.hardware import ALIGN, jit_options, warp_sync
-from workbench.kernels.tiles import HEAD_DIMS, Q_BLOCK_ELEMS, engine
+from workbench.kernels.tiles import Q_BLOCK_ELEMS, engine
+
+HEAD_DIMS = (16, 32, 64, 128)  # the old flash2's (tiles.py now takes every multiple of 8)
 from workbench.kernels.tiles import rules as engine_rules
 from workbench.kernels.warp import FULL_MASK, segment_max, segment_sum
 
@@ -392,7 +394,7 @@ def needs(problem, config):
     D = problem.head_dim
     return Needs(
         shared_bytes=shared_bytes(Br, Bc, D, TC, config["row_reduce"], config["kv_buffers"]),
-        head_dims=HEAD_DIMS,
+        head_dims=HEAD_DIMS,  # the old flash2's: its tile rules and prefetcher assume these
         dtypes=("float32", "float16", "bfloat16"),
         rules={
             **engine_rules(Br, Bc, RM, RN, D, config["warps_per_sm"]),

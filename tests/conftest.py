@@ -28,6 +28,11 @@ SLOW = (
     # the FP8 cache's float64 case (its combine's 128 threads are slow in the simulator; the
     # bfloat16/window FP8 case stays)
     "test_fp8_cache_matches_float64_on_the_dequantised_cache",
+    # every head dim (multiples of 8 to 256) beyond the default tier's three simulator cases and its
+    # tile-rule tests: more D in the simulator, the GPU's default tiles, the sm_90 compile sweep
+    "test_more_head_dims_match_float64",
+    "test_head_dims_at_default_tiles_match_float64",
+    "test_head_dims_compile_for_sm90",
     # D = 64/128/256 and bfloat16 at sm_90 (test_training_compile compiles it at two configs)
     "test_compiles_for_sm90_without_spills",
     # the decode API's older cases (the same rung as test_paged_decode's)

@@ -113,8 +113,8 @@ def test_backward_validation():
     with pytest.raises(TypeError, match="dtype"):
         training.backward(q, k, v, o, lse, do.astype(np.float16))
     with pytest.raises(ValueError, match="head_dim"):
-        training.backward(*(np.ones((1, 2, 8, 24), np.float32) for _ in range(4)),
-                          np.zeros((1, 2, 8), np.float32), np.ones((1, 2, 8, 24), np.float32))
+        training.backward(*(np.ones((1, 2, 8, 12), np.float32) for _ in range(4)),
+                          np.zeros((1, 2, 8), np.float32), np.ones((1, 2, 8, 12), np.float32))
     with pytest.raises(ValueError, match="unknown config"):
         training.backward(q, k, v, o, lse, do, config={"Bx": 4})
 

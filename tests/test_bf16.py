@@ -136,11 +136,6 @@ def test_rungs_without_bfloat16_refuse_it_before_a_launch(monkeypatch):
     with pytest.raises(ValueError, match=r"'online' takes dtypes \('float32', 'float16'\), not "
                                          r"'bfloat16'.*take bfloat16:.*flash2"):
         workbench.attention(q, k, v, kernel="online")
-    with pytest.raises(ValueError, match="'flash2_bwd' takes dtypes"):
-        training.check_backward(Problem(1, 1, 1, 8, 8, 16, "bfloat16"))
-    fake = type("Tensor", (), {"dtype": "torch.bfloat16", "shape": (1, 1, 8, 16)})()  # (no torch here)
-    with pytest.raises(ValueError, match="tensor-core backward.*flash2_bwd takes float32 and float16"):
-        training.flash_attention(fake, fake, fake)
     assert not launched
 
 

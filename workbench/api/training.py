@@ -166,9 +166,4 @@ def flash_attention(q, k, v, *, causal=False, window=None, scale=None):
     """Attention of torch CUDA tensors, differentiable (q (B, H, Nq, D), k/v (B, Hkv, Nkv, D)):
     the tensor-core rungs for float16/bfloat16, the SIMT rungs for float32 (training_kernels): a
     drop-in for SDPA in a model that trains."""
-    dtype = str(q.dtype).split(".")[-1]
-    if dtype == "bfloat16" and training_kernels(dtype, int(q.shape[-1]))[1] == "flash2_bwd":
-        raise ValueError("bfloat16 training needs the tensor-core backward (flash2_mma_bwd: a GPU of "
-                         "sm_80 or later, D in its head dims); flash2_bwd takes float32 and float16: "
-                         "cast q, k, v (.half() or .float())")
     return _function().apply(q, k, v, causal, window, scale)

@@ -14,8 +14,9 @@
   cache, torch gathering the paged cache then SDPA, torch standard -> tokens/s of one layer (and of
   32 layers of attention alone, no weights, no MLP).
 - `seed-models`: forward and forward+backward at each listed model's attention shape (heads, kv heads,
-  head dim; GQA where the model has it). flash2 takes head dims 16..128: GPT-J's 256 and GPT-NeoX's 96
-  are recorded "n/a" with the reason.
+  head dim; GQA where the model has it). flash2 takes every head dim that is a multiple of 8 up to
+  256 (GPT-J's 256 and GPT-NeoX's 96 included); a shape a rung does not take is recorded "n/a" with
+  the reason.
 
 Each point is verified (ours against SDPA on the same tensors, and decode against float64 on 4 heads);
 each JSON carries provenance and the page's claims (workbench.bench.benchmark_page) beside the points. The page's

@@ -24,7 +24,7 @@ What changes against online, and why:
   head), and only B·H CTAs run (FA1's later `num_splits` split the Q loop; not done here).
 - Normalised every step (rung 3's online softmax in the paper's form): O_i leaves the chip after
   every tile, so each step needs the whole row's l (its TC threads add their sums by shuffles).
-- K_j and V_j stay in shared memory for a whole sweep, in two buffers (at D = 128 Bc halves).
+- K_j and V_j stay in shared memory for a whole sweep, in two buffers (Bc halves at large D).
 - A tile engine (below) instead of a thread per row, as in FA1's CUDA code.
 
 Rungs 4 and 5 share one tile engine (workbench/kernels/tiles.py: TR × TC threads with register
@@ -35,7 +35,8 @@ Masks (bottom-right causal, windows) and GQA as in rung 1. K/V loads past Nkv ar
 those keys masked, and Q rows past Nq are zero and never stored, so any length works. A row that
 sees no key keeps m = -inf and l = 0, never computes exp(-inf − -inf), and ends with O = 0 and
 LSE = -inf (its exponent uses 0 in place of m). Only tiles on the mask's edge evaluate the mask.
-Float16 and bfloat16 in and out, float32 arithmetic (tiles.py).
+Every head dim that is a multiple of 8 up to 256. Float16 and bfloat16 in and out, float32
+arithmetic (tiles.py).
 """
 
 import functools

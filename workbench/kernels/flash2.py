@@ -48,7 +48,8 @@ Masks (bottom-right causal, windows) and GQA as in rung 1. K/V loads past Nkv ar
 those keys masked, and Q rows past Nq are zero and never stored, so any length works. A row that
 sees no key keeps m = -inf and l = 0, never computes exp(-inf − -inf), and ends with O = 0 and
 LSE = -inf (its exponent uses 0 in place of m). Only tiles on the mask's edge evaluate the mask.
-Float16 and bfloat16 in and out, float32 arithmetic (tiles.py).
+Every head dim that is a multiple of 8 up to 256. Float16 and bfloat16 in and out, float32
+arithmetic (tiles.py).
 """
 
 import functools
@@ -66,7 +67,7 @@ from .warp import FULL_MASK, segment_sum
 LESSON = ("FA2 partitioning: a CTA owns a Q block, warps split its rows, O normalised once, "
           "LSE saved, masked tiles skipped")
 # Br query rows per CTA, Bc keys per K/V tile, RM × RN S micro-tile per thread, warps per SM the
-# register budget is sized for: 64-thread CTAs at every D (tile_shape caps Br, RM at D = 128).
+# register budget is sized for: 64-thread CTAs at every D (tile_shape caps Br, RM above D = 64).
 DEFAULT_CONFIG = {"Br": 64, "Bc": 32, "RM": 8, "RN": 4, "warps_per_sm": 10}
 SIM_CONFIG = {"Br": 8, "Bc": 8, "RM": 2, "RN": 2}  # 16 threads: each is a Python thread there
 KV_BUFFERS = 1  # V_j goes over K_j in shared memory

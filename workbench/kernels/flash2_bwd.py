@@ -42,14 +42,19 @@ i with i + shift − left ≤ j_last and i + shift + right ≥ j0, so under caus
 of the query blocks, and under a window (w, 0) about (Bc + w) / Br + 1 of them. Tiles inside the
 mask evaluate no mask. The thread (tr, tc) of a TR × TC grid owns an RM × RN micro-tile of Sᵀ
 and dPᵀ (key rows tr + TR·a, query columns tc + TC·b) in the first phase; in the second it owns
-AM rows × DT columns of dK_j and dV_j (rows ta + TA·a, columns td + TD·x with TD = min(32, D,
-threads)), so a warp's loads of a dO or Q row are consecutive words. Shared rows are padded by
-one float, so threads reading the same column of different rows hit different banks.
+AM rows × DT columns of dK_j and dV_j (rows ta + TA·a, columns td + TD·x with TD = min(32,
+threads, D rounded down to a power of two)), so a warp's loads of a dO or Q row are consecutive
+words. Where TD does not divide D (D = 80: DT = 3 runs of 32 columns), the register tiles are
+padded: the columns past D read as zeros and are never stored (no input is copied). Shared rows
+are padded by one float, so threads reading the same column of different rows hit different banks.
 
-Tiles are config keys: Br query rows, Bc keys, RM × RN the micro-tile. Both Br and Bc are capped at
-2048 // D so that Q_i, dO_i, K_j, V_j and the P/dS tiles fit 48 KiB of static shared memory at every
-supported head dim: 32 × 32 at D = 64 (256 threads), 16 × 16 at D = 128 (64 threads).
-Float16 I/O is converted to float32 on load; all arithmetic and accumulation is float32.
+Tiles are config keys: Br query rows, Bc keys, RM × RN the micro-tile. Every head dim that is a
+multiple of 8 up to 256. Br and Bc are capped at the largest power of two with which Q_i, dO_i,
+K_j, V_j and the P/dS tiles fit 48 KiB of static shared memory: 32 × 32 up to D = 72 (256
+threads), 16 × 16 up to D = 176 (64 threads), 8 × 8 above; where the cap cuts the tiles, RM and
+RN are cut to at most a cap's eighth, so a CTA keeps 64 threads (1 × 1 micro-tiles above 176).
+Float16 and bfloat16 (uint16 bits) I/O is converted to float32 on load (common.load_f32) and back
+on store (common.to_io); all arithmetic and accumulation is float32.
 """
 
 import functools
@@ -58,35 +63,45 @@ import math
 import numpy as np
 from numba import cuda, float32
 
-from .common import FASTMATH, LOG2E, NEG_INF, cdiv, first_key, kv_tile_range, last_key, visible
+from .common import (FASTMATH, LOG2E, NEG_INF, cdiv, first_key, kv_tile_range, last_key, load_f32,
+                     to_io, visible)
 from .contract import Needs
-from .hardware import jit_options
+from .hardware import STATIC_SHARED, jit_options
 
 LESSON = ("FA2 backward: recompute P from the saved LSE; a CTA owns a K/V block and accumulates "
           "dK, dV on chip; dQ by a second pass (no atomics, deterministic)")
 DEFAULT_CONFIG = {"Br": 32, "Bc": 32, "RM": 2, "RN": 2}
 SIM_CONFIG = {"Br": 8, "Bc": 8, "RM": 2, "RN": 2}
-HEAD_DIMS = (16, 32, 64, 128)
-TILE_ELEMS = 2048  # Br·D and Bc·D at most: keeps the four tiles in 48 KiB at D = 128
+HEAD_DIMS = tuple(range(8, 257, 8))
 PREP_ROWS = 8  # query rows per CTA of the preprocessing kernel (a warp each)
 WARPS_PER_SM = 16  # the occupancy launch_bounds sizes registers for (2 CTAs at D = 64, 5 at 128)
 INF = float32(math.inf)
 
 
 def tiles(problem, config):
-    """(Br, Bc, RM, RN) for this problem: Br and Bc capped at 2048 // D."""
-    cap = max(config["RM"], config["RN"], TILE_ELEMS // problem.head_dim)
-    return min(config["Br"], cap), min(config["Bc"], cap), config["RM"], config["RN"]
+    """(Br, Bc, RM, RN) for this problem: Br and Bc capped at the largest power of two with which
+    the tiles fit 48 KiB (8 at least), and where that cuts them RM, RN at cap / 8 (8 × 8 threads
+    at least: 64 for the default tiles at every D)."""
+    D = problem.head_dim
+    Br, Bc, RM, RN = config["Br"], config["Bc"], config["RM"], config["RN"]
+    cap = 1 << (max(Br, Bc) - 1).bit_length()  # a power of two >= both tiles
+    while cap > 8 and shared_bytes(min(Br, cap), min(Bc, cap), D) > STATIC_SHARED:
+        cap //= 2
+    if cap < max(Br, Bc):
+        RM, RN = min(RM, max(1, cap // 8)), min(RN, max(1, cap // 8))
+    cap = max(RM, RN, cap)
+    return min(Br, cap), min(Bc, cap), RM, RN
 
 
 def layout(rows, cols, RM, RN, D):
     """Thread grid of a kernel whose first phase is a rows × cols tile (RM × RN per thread) and
-    whose second accumulates a rows × D tile: (TR, TC, THREADS, TD, TA, AM, DT)."""
+    whose second accumulates a rows × D tile, D padded to DT·TD columns: (TR, TC, THREADS, TD, TA,
+    AM, DT)."""
     TR, TC = rows // RM, cols // RN
     threads = TR * TC
-    TD = min(32, D, threads)
+    TD = min(32, threads, 1 << D.bit_length() - 1)
     TA = threads // TD
-    return TR, TC, threads, TD, TA, max(1, rows // TA), D // TD
+    return TR, TC, threads, TD, TA, max(1, rows // TA), cdiv(D, TD)  # (DT·TD >= D: padded)
 
 
 def shared_bytes(Br, Bc, D):
@@ -109,7 +124,7 @@ def _loader(ROWS, D, THREADS):
             d = idx - r * D
             x = float32(0)
             if row0 + r < n:
-                x = float32(src[b, h, np.uint64(row0 + r), np.uint64(d)])
+                x = load_f32(src[b, h, np.uint64(row0 + r), np.uint64(d)])
             tile[r, d] = x
 
     return load
@@ -133,7 +148,7 @@ def build_prep(D):
         acc = float32(0)
         if i < n_q:
             for d in range(lane, D, 32):
-                acc += float32(do[b, h, i, d]) * float32(o[b, h, i, d])
+                acc += load_f32(do[b, h, i, d]) * load_f32(o[b, h, i, d])
         red[rr, lane] = acc
         cuda.syncthreads()
         if lane == 0 and i < n_q:
@@ -151,6 +166,7 @@ def build_prep(D):
 def build_dkdv(Br, Bc, D, RM, RN):
     """CTA (j, b·Hkv + hk): dK_j, dV_j of Bc keys, summed over the group's query heads."""
     TR, TC, THREADS, TD, TA, AM, DT = layout(Bc, Br, RM, RN, D)
+    PAD = DT * TD > D  # my last run of columns may pass D (those read as zeros, never stored)
     DP, BP = D + 1, Br + 1
     load_q = _loader(Br, D, THREADS)
     load_kv = _loader(Bc, D, THREADS)
@@ -251,8 +267,10 @@ def build_dkdv(Br, Bc, D, RM, RN):
                 # dV_j += Pᵀ dO_i and dK_j += dSᵀ Q_i on my AM × DT micro-tile.
                 for r in range(Br):
                     for x in range(DT):
-                        do_row[x] = do_i[r, td + TD * x]
-                        q_row[x] = q_i[r, td + TD * x]
+                        col = td + TD * x
+                        inside = not PAD or x < DT - 1 or col < D
+                        do_row[x] = do_i[r, col] if inside else float32(0)
+                        q_row[x] = q_i[r, col] if inside else float32(0)
                     for a in range(AM):
                         pa = p_s[ta + TA * a, r]
                         dsa = ds_s[ta + TA * a, r]
@@ -264,9 +282,11 @@ def build_dkdv(Br, Bc, D, RM, RN):
             key = j0 + ta + TA * a
             if key < n_kv:
                 for x in range(DT):
-                    d = np.uint64(td + TD * x)
-                    dk[b, hk, np.uint64(key), d] = acc_k[a, x] * scale
-                    dv[b, hk, np.uint64(key), d] = acc_v[a, x]
+                    col = td + TD * x
+                    if not PAD or x < DT - 1 or col < D:
+                        d = np.uint64(col)
+                        dk[b, hk, np.uint64(key), d] = to_io(acc_k[a, x] * scale, dk)
+                        dv[b, hk, np.uint64(key), d] = to_io(acc_v[a, x], dv)
 
     return bwd_dkdv
 
@@ -275,6 +295,7 @@ def build_dkdv(Br, Bc, D, RM, RN):
 def build_dq(Br, Bc, D, RM, RN):
     """CTA (x, b·H + h): dQ_i of Br query rows, i = Tr − 1 − x (heaviest first, as flash2)."""
     TR, TC, THREADS, TD, TA, AM, DT = layout(Br, Bc, RM, RN, D)
+    PAD = DT * TD > D  # as in bwd_dkdv
     DP, BP = D + 1, Bc + 1
     load_q = _loader(Br, D, THREADS)
     load_kv = _loader(Bc, D, THREADS)
@@ -363,7 +384,8 @@ def build_dq(Br, Bc, D, RM, RN):
             # dQ_i += dS K_j on my AM × DT micro-tile.
             for c in range(Bc):
                 for x in range(DT):
-                    k_row[x] = k_j[c, td + TD * x]
+                    col = td + TD * x
+                    k_row[x] = k_j[c, col] if not PAD or x < DT - 1 or col < D else float32(0)
                 for a in range(AM):
                     dsa = ds_s[ta + TA * a, c]
                     for x in range(DT):
@@ -373,7 +395,9 @@ def build_dq(Br, Bc, D, RM, RN):
             row = i0 + ta + TA * a
             if row < n_q:
                 for x in range(DT):
-                    dq[b, h, np.uint64(row), np.uint64(td + TD * x)] = acc[a, x] * scale
+                    col = td + TD * x
+                    if not PAD or x < DT - 1 or col < D:
+                        dq[b, h, np.uint64(row), np.uint64(col)] = to_io(acc[a, x] * scale, dq)
 
     return bwd_dq
 
@@ -381,14 +405,15 @@ def build_dq(Br, Bc, D, RM, RN):
 def needs(problem, config):
     Br, Bc, RM, RN = tiles(problem, config)
     D = problem.head_dim
-    rules = {"RM divides Br and Bc (after the cap at 2048 // D)": Br % RM == 0 and Bc % RM == 0,
+    rules = {"RM divides Br and Bc (after the shared-memory cap)": Br % RM == 0 and Bc % RM == 0,
              "RN divides Br and Bc": Br % RN == 0 and Bc % RN == 0}
     for name, rows, cols in (("dK/dV", Bc, Br), ("dQ", Br, Bc)):
         if rows % RM or cols % RN:
             continue
         TR, TC, threads, TD, TA, AM, DT = layout(rows, cols, RM, RN, D)
-        rules[f"{name}: threads / min(32, D, threads) divides its {rows} rows"] = rows % TA == 0
-    return Needs(shared_bytes=shared_bytes(Br, Bc, D), head_dims=HEAD_DIMS, rules=rules)
+        rules[f"{name}: threads / TD divides its {rows} rows"] = rows % TA == 0
+    return Needs(shared_bytes=shared_bytes(Br, Bc, D), head_dims=HEAD_DIMS,
+                 dtypes=("float32", "float16", "bfloat16"), rules=rules)
 
 
 def workspace_bytes(problem, config):

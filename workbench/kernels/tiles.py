@@ -17,23 +17,30 @@ where O, m and l live between visits; that is the lesson of each rung and stays 
 - 16-byte shared loads. Rows of Q_i, K_j, V_j are read 4 floats at a time along D (P's along
   the tile); rows are padded to D + 4 (P's to Bc + max(4, TC)) floats and 16-byte aligned, so a
   warp's LDS.128 touches 32 different banks or repeats a word (a broadcast).
-- Tile loads. Consecutive threads copy consecutive d (coalesced reads, conflict-free stores), 16
-  loads in flight per thread at constant offsets from one address; only the last tile (rows past
-  N) predicates its loads, and its missing rows are zeros.
+- Tile loads. Consecutive threads copy consecutive d (coalesced reads), TPR = gcd(threads, D) of
+  them per row, so the threads cover every D with no column left over and none padded; 16 loads
+  in flight per thread at constant offsets from one address; only the last tile (rows past N)
+  predicates its loads, and its missing rows are zeros.
 - Index arithmetic. Shared and device indices are unsigned and inner loops count with plain
   counters, so Numba's negative-index wraparound code (a compare and a select per access)
   disappears.
 - Dtypes. Float16 and bfloat16 (as uint16 bits) are converted to float32 as they are loaded
   (common.load_f32); all arithmetic is float32; O is stored in its array's dtype (common.to_io).
 
-Sizes: the Q block holds at most Q_BLOCK_ELEMS elements (Br capped at 4096 // D) and above
-D = 64 RM is capped at 4, so every supported D keeps 64-thread CTAs with the default tiles and
-fits Numba's 48 KiB of static shared memory.
+Head dims: every multiple of 8 up to 256 (HEAD_DIMS). D is a multiple of 4 (the 16-byte loads)
+and of TC = 8 (the default tiles' threads per row), so no D needs a padded column and no input is
+ever copied. Sizes: the Q block holds at most Q_BLOCK_ELEMS elements (Br capped at 4096 // D,
+rounded down to a power of two: 64 up to D = 64, 32 up to 128, 16 up to 256), RM shrinks with Br
+(at most 4 above D = 64, 2 above 128), and Bc halves where the tiles would not fit Numba's 48 KiB
+of static shared memory (at D = 256: 16 for flash2, 8 for flash1's two K/V buffers); so every
+supported D keeps 64-thread CTAs (TR = TC = 8) with the default tiles, and a thread's O tile is at
+most 64 floats.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -43,20 +50,21 @@ from .common import NEG_INF, cdiv, load_f32, to_io, unmasked_keys, visible
 from .hardware import STATIC_SHARED
 from .warp import FULL_MASK, segment_max
 
-HEAD_DIMS = (16, 32, 64, 128)
+HEAD_DIMS = tuple(range(8, 257, 8))
 Q_BLOCK_ELEMS = 4096  # Br·D at most: the rule that keeps D = 128 inside 48 KiB
 LOADS_IN_FLIGHT = 16  # a tile loader's loads per thread per step (all unrolled)
 
 
 def tile_shape(problem, config, kv_buffers=1):
-    """(Br, Bc, RM, RN, TR, TC) for this problem: Br capped at 4096 // D (the Q block rule), above
-    D = 64 RM capped at 4 (with Br = 32, RM = 8 would leave a CTA one warp), and with two K/V
-    buffers Bc and RN halved until they fit 48 KiB (TC, so the CTA's threads, stay)."""
+    """(Br, Bc, RM, RN, TR, TC) for this problem: Br capped at 4096 // D rounded down to a power
+    of two (the Q block rule), RM capped at 4 above D = 64 and at 2 above 128 (so that a capped Br
+    keeps the CTA's TR thread rows: with Br = 32, RM = 8 would leave it one warp), and Bc and RN
+    halved until the tiles fit 48 KiB (TC, so the CTA's threads, stay)."""
     D = problem.head_dim
-    RM = min(config["RM"], 4) if D > 64 else config["RM"]
-    Br = min(config["Br"], max(RM, Q_BLOCK_ELEMS // D))
+    RM = config["RM"] if D <= 64 else min(config["RM"], 4 if D <= 128 else 2)
+    Br = min(config["Br"], max(RM, 1 << (Q_BLOCK_ELEMS // D).bit_length() - 1))
     Bc, RN = config["Bc"], config["RN"]
-    while kv_buffers > 1 and shared_bytes(Br, Bc, D, Bc // RN, kv_buffers) > STATIC_SHARED:
+    while shared_bytes(Br, Bc, D, Bc // RN, kv_buffers) > STATIC_SHARED:
         if RN % 2 or Bc % 16:
             break  # (needs() refuses what is left)
         Bc, RN = Bc // 2, RN // 2
@@ -71,15 +79,13 @@ def shared_bytes(Br, Bc, D, TC, kv_buffers=1):
 
 def rules(Br, Bc, RM, RN, D, warps_per_sm) -> dict:
     """The engine's conditions on its tiles (needs().rules of a rung built on it)."""
-    TR, TC = Br // RM, Bc // RN
+    TC = Bc // RN
     return {
-        "RM divides Br (after the cap Br <= 4096 // D)": Br % RM == 0,
+        "RM divides Br (after the Q block cap on Br)": Br % RM == 0,
         "RN divides Bc": Bc % RN == 0,
         "Bc is a multiple of 8 (P V runs 8 keys per step)": Bc % 8 == 0,
         "TC = Bc / RN divides 32 (a row's threads share one warp)": 32 % TC == 0,
         "TC = Bc / RN divides D (each thread owns D / TC columns of O)": D % TC == 0,
-        "one of threads (Br/RM · Bc/RN) and D divides the other (tile copies)":
-            (TR * TC) % D == 0 or D % (TR * TC) == 0,
         "warps_per_sm <= 64": warps_per_sm <= 64,
     }
 
@@ -113,10 +119,10 @@ def engine(Br, Bc, D, RM, RN) -> Engine:
     VW = 4 if DT % 4 == 0 else (2 if DT % 2 == 0 else 1)  # a thread's O columns come in runs of VW
     NV = DT // VW
 
-    # Who copies what: with TPR = min(THREADS, D) threads per row (rule: one of THREADS, D divides
-    # the other), thread t takes columns d0 + TPR·cc (cc < COLS) of rows r0 + RSTEP·it, where
-    # d0 = t mod TPR and r0 = t div TPR.
-    TPR = min(THREADS, D)  # threads per row of a tile
+    # Who copies what: with TPR = gcd(THREADS, D) threads per row (min(THREADS, D) when one divides
+    # the other; 16 at D = 80 with 64 threads), thread t takes columns d0 + TPR·cc (cc < COLS) of
+    # rows r0 + RSTEP·it, where d0 = t mod TPR and r0 = t div TPR: every column of every row once.
+    TPR = math.gcd(THREADS, D)  # threads per row of a tile
     RSTEP = THREADS // TPR  # rows copied at once
     COLS = D // TPR  # columns per thread and row
 
