@@ -50,16 +50,34 @@ Performance tricks:
 - Shared addresses are converted once to 32-bit shared-window addresses; each ldmatrix and
   cp.async then adds a constant, which the compiler folds into the instruction ([R + imm]).
   (Generic 64-bit addresses cost twice the registers and spilled.)
-- Padded rows: shared rows are D + 8 elements (16 bytes more than D), so the 8 rows an
+- Padded rows: shared rows are DK + 8 elements (16 bytes more than DK, below), so the 8 rows an
   `ldmatrix` reads start in 8 different 16-byte bank groups (no bank conflicts).
 - exp2 with the scale folded: P = 2^(c·s − c·m) is one FFMA and one MUFU.EX2; m stays in raw
   score units.
 - Masks only on edge tiles (flash2's rule), heaviest query blocks first, K/V reuse in L2.
 
-Head dims 32, 64 and 128; Br a multiple of 16·MT (one warp per 16·MT rows), Bc a multiple of 32;
-all shared memory static (≤ 48 KiB): 2·(Br + 2·stages·Bc)·(D + 8) bytes. At D = 128 Bc is capped
-at 32 and warps_per_sm at 8 (see tiles()). Inputs float16, or
-bfloat16 passed as their uint16 bit patterns; O is stored in the input dtype, LSE in float32.
+Head dims: every multiple of 8 up to 256, padded inside the tile, never in memory. Global rows are
+read and written at the real D (2·D bytes: 16-byte aligned since D % 8 == 0, so cp.async still
+moves 16 bytes at a time). In shared memory Q_i, K_j and V_j are DK = D rounded up to 32 wide (an
+`ldmatrix.x4` of K_j covers 32 columns of the Q Kᵀ contraction), and the copy zero-fills columns
+D … DK − 1 (cp.async with src-size 0): `padded_copier`, the one place the padding happens. Q Kᵀ then
+contracts over DK columns whose padding is zero on both sides, so S is exact; P V and O use D / 8
+n-tiles of 8 columns, exactly D. At D = 32, 64, 128 and 256 nothing is padded and the copy is the
+plain `tile_copier`; at the other D, and wherever the threads do not split a tile's rows evenly,
+`padded_copier` copies.
+
+Tiles by D (tiles(); Br a multiple of 16·MT, one warp per 16·MT rows; Bc a multiple of 32):
+- D ≤ 64: Br = Bc = 64, 16 warps per SM (4 CTAs of 4 warps, 128 registers a thread: a dozen
+  loop invariants live in local memory, SPILL_BUDGET).
+- 64 < D ≤ 128: Bc = 32 and 8 warps per SM (2 CTAs, 255 registers): O's fragments alone are
+  D / 2 registers a thread, Q's DK / 4.
+- 128 < D ≤ 256: also MT = 1. O's fragments are up to 128 registers (16 rows × D per warp / 32
+  lanes); Q's are held or re-read per tile by q_in_registers(D), whichever spilled less.
+Shared memory is 2·(Br + 2·stages·Bc)·(DK + 8) bytes: static up to 48 KiB, and over it (DK ≥ 192
+at the defaults) one dynamic buffer carved into Q_i, K_j, V_j, whose size launch() passes and the
+harness raises the kernel's limit to (up to 227 KiB). Spills a compile check tolerates:
+spill_budget(D). Inputs float16, or bfloat16 passed as their uint16 bit patterns; O is stored in
+the input dtype, LSE in float32.
 """
 
 import functools
@@ -73,7 +91,7 @@ from numba.cuda.extending import intrinsic
 
 from .common import FASTMATH, LN2, LOG2E, NEG_INF, cdiv, kv_tile_range, unmasked_keys, visible
 from .contract import Needs
-from .hardware import min_blocks
+from .hardware import STATIC_SHARED, min_blocks
 
 LESSON = "tensor cores: S = QKᵀ and O += PV as mma.sync tiles from a linked .cu, P kept in registers"
 # H100, D <= 64: 4 warps of 16 rows, 64 keys a tile, one K/V buffer, 4 CTAs per SM (128
@@ -84,7 +102,7 @@ DEFAULT_CONFIG = {"Br": 64, "Bc": 64, "stages": 1, "warps_per_sm": 16, "MT": 1}
 # dozen loop-invariant addresses in local memory (one L1 load each per tile). The spill-free
 # configs (MT = 2, or 8 warps per SM) measured slower: figures/h100/perf-variants-mma.json.
 SPILL_BUDGET = 192
-HEAD_DIMS = (32, 64, 128)
+HEAD_DIMS = tuple(range(8, 257, 8))  # every multiple of 8 up to 256 (padded_dim: how)
 DTYPES = ("float16", "bfloat16")
 GPU_ONLY = ("the simulator cannot link CUDA C++ (mma.cu); flash2_mma runs on a GPU only, and its "
             "compile check runs with no GPU (pytest tests/test_compile.py)")
@@ -127,20 +145,86 @@ def _declare():
     return {name: cuda.declare_device(name, s, link=MMA_CU, abi="c") for name, s in sig.items()}
 
 
+def spill_budget(D):
+    """Spill bytes the compile checks tolerate at head dim D, default config: SPILL_BUDGET up to
+    DK = 192; more at DK = 224 and 256, where O's D / 2 registers and Q's fragments fill the 255
+    and ptxas keeps more loop invariants and fragments in local memory."""
+    return SPILL_BUDGET if padded_dim(D) <= 192 else 448
+
+
 def tiles(problem, config):
-    """(Br, Bc, stages, warps_per_sm, MT) for this problem. At D = 128 Bc is capped at 32 (the
-    buffers then fit 48 KiB) and warps_per_sm at 8 (a thread's O fragments alone are 64 registers:
-    at 128 registers it would spill)."""
+    """(Br, Bc, stages, warps_per_sm, MT) for this problem. At D > 64 Bc is capped at 32 (at
+    D = 128 the buffers then fit 48 KiB) and warps_per_sm at 8 (a thread's O fragments alone are
+    D / 2 registers: at 128 registers it would spill); at D > 128 MT is 1 (O's fragments are up to
+    128 registers for 16 rows)."""
     Br, Bc, stages = config["Br"], config["Bc"], config["stages"]
     warps, MT = config["warps_per_sm"], config["MT"]
     if problem.head_dim > 64:
         Bc, warps = min(Bc, 32), min(warps, 8)
+    if problem.head_dim > 128:
+        MT = 1
     return Br, Bc, stages, warps, MT
 
 
+def padded_dim(D):
+    """DK: the head dim as Q_i, K_j and V_j are laid out in shared memory, D rounded up to 32 (one
+    ldmatrix.x4 of K_j covers 32 columns of the Q Kᵀ contraction). Columns D … DK − 1 are zeros
+    (padded_copier), so Q Kᵀ over DK columns is Q Kᵀ over D; P V and O use the D real columns."""
+    return -(-D // 32) * 32
+
+
+def q_in_registers(D):
+    """Whether a warp holds its rows of Q_i as A fragments (DK / 4 registers) for the whole CTA, or
+    re-reads them from shared memory, 32 columns at a time, in every tile. In registers up to
+    DK = 128 (the measured head dims). At DK = 160 and 192 re-reading leaves room for O's D / 2
+    registers: it compiles without spills where holding them spills. At DK = 224 and 256 ptxas
+    hoists the re-reads to the top of the tile anyway (as many registers live), and holding them
+    spills less (compile checks: the tile loop's local loads and stores, nvJitLink of CUDA 13.5)."""
+    return not 128 < padded_dim(D) <= 192
+
+
+def plain_copy(D, threads, *rows):
+    """Whether the plain tile copy fits (D = 32, 64, 128, 256 at the defaults): no padding
+    (DK = D), and the threads cover whole rows, a whole number of times per tile."""
+    if padded_dim(D) != D or threads % (D // 8):
+        return False
+    rstep = threads // (D // 8)
+    return all(r % rstep == 0 for r in rows)
+
+
+def padded_copier(cp_async16, ROWS, D, DP, THREADS):
+    """The tile copy for any D (a multiple of 8): a device function copy(dst, src, src_base, row0,
+    n) that starts copying rows row0 … row0 + ROWS − 1 of one head (global rows of D 16-bit
+    elements) into shared rows of DP elements at dst, 16 bytes per cp.async. Each shared row gets
+    DK / 8 chunks (DK = padded_dim(D)): the D / 8 real ones, then zeros (cp.async with src-size 0
+    reads nothing and zero-fills), as rows past n do. This is the one place the head dim is padded;
+    global memory is read at the real D only (rows of 2·D bytes, 16-byte aligned as D % 8 == 0).
+    As tile_copier: thread t keeps chunk t % CK of rows t // CK + RSTEP·it (coalesced, one address
+    plus constant offsets); when CK does not divide the threads, the last few threads idle."""
+    CK = padded_dim(D) // 8  # 16-byte chunks of a shared row, the first D // 8 real
+    RSTEP = THREADS // CK  # rows the CTA copies per step
+    ITS = cdiv(ROWS, RSTEP)
+
+    @cuda.jit(device=True, inline="always")
+    def copy(dst, src, src_base, row0, n):
+        t = cuda.threadIdx.x
+        r = t // CK
+        col = (t - r * CK) * 8
+        src_elem = src_base + np.uint64(uint32((row0 + r) * D + col))
+        dst_addr = dst + uint32(2 * (r * DP + col))
+        if THREADS % CK == 0 or r < RSTEP:
+            for it in range(ITS):
+                if ROWS % RSTEP == 0 or r + RSTEP * it < ROWS:
+                    cp_async16(dst_addr + uint32(2 * RSTEP * DP * it), src,
+                               src_elem + np.uint64(RSTEP * D * it), (col < D) & (row0 + r + RSTEP * it < n))
+
+    return copy
+
+
 def shared_bytes(Br, Bc, D, stages):
-    """Q_i, and `stages` buffers each of K_j and V_j, rows padded to D + 8 16-bit elements."""
-    return 2 * (Br + 2 * stages * Bc) * (D + 8)
+    """Q_i, and `stages` buffers each of K_j and V_j, rows of DK + 8 16-bit elements (DK =
+    padded_dim(D)). Above 48 KiB it is dynamic shared memory (one buffer carved in three)."""
+    return 2 * (Br + 2 * stages * Bc) * (padded_dim(D) + 8)
 
 
 @functools.cache
@@ -160,12 +244,16 @@ def build(Br, Bc, D, stages, bf16, warps_per_sm=16, MT=1):
     WR = 16 * MT  # query rows per warp
     WARPS = Br // WR
     THREADS = 32 * WARPS
-    DP = D + 8  # padded shared row (elements)
-    KC = D // 16  # k-chunks of Q Kᵀ (16 of D each)
+    DK = padded_dim(D)  # D in shared memory: zero columns up to a multiple of 32
+    DP = DK + 8  # padded shared row (elements)
+    KC = DK // 16  # k-chunks of Q Kᵀ (16 of DK each)
     NS = Bc // 8  # n-tiles of S (8 keys each)
-    NO = D // 8  # n-tiles of O (8 columns of D each)
+    NO = D // 8  # n-tiles of O (8 columns of D each: exactly D)
     ROW_CHUNKS = D // 8  # 16-byte chunks in a row
     KV_ROWS = stages * Bc  # K (and V) buffers, one under the other
+    SMEM = shared_bytes(Br, Bc, D, stages)
+    DYNAMIC = SMEM > STATIC_SHARED  # then one dynamic buffer (launch() passes shared=SMEM)
+    Q_IN_REGISTERS = q_in_registers(D)  # else re-read from shared memory for each tile
 
     RSTEP = THREADS // ROW_CHUNKS  # rows the CTA copies per step
 
@@ -190,19 +278,29 @@ def build(Br, Bc, D, stages, bf16, warps_per_sm=16, MT=1):
 
         return copy
 
-    copy_q, copy_kv = tile_copier(Br), tile_copier(Bc)
+    def padded_tile_copier(ROWS):
+        """padded_copier (zero columns past D), called as tile_copier's copies are."""
+        copy_rows = padded_copier(cp_async16, ROWS, D, DP, THREADS)
+
+        @cuda.jit(device=True, inline="always")
+        def copy(dst, dst_row0, src, src_base, row0, n):
+            copy_rows(dst + uint32(2 * dst_row0 * DP), src, src_base, row0, n)
+
+        return copy
+
+    if plain_copy(D, THREADS, Br, Bc):
+        copy_q, copy_kv = tile_copier(Br), tile_copier(Bc)
+    else:
+        copy_q, copy_kv = padded_tile_copier(Br), padded_tile_copier(Bc)
     # hardware.min_blocks: what shared memory admits, at most warps_per_sm warps (16: 4 CTAs of
     # 4 warps, 128 registers a thread)
-    MIN_BLOCKS = min_blocks(THREADS, shared_bytes(Br, Bc, D, stages), warps_per_sm)
+    MIN_BLOCKS = min_blocks(THREADS, SMEM, warps_per_sm)
 
     @cuda.jit(fastmath=FASTMATH, launch_bounds=(THREADS, MIN_BLOCKS))
     def flash2_mma(q, k, v, o, lse, c, group, left, right):
         """CTA (x, bh) owns query block i = Tr − 1 − x of head bh; warp w its rows WR·w … WR·w + WR − 1
         (m-tile mt: rows WR·w + 16·mt …, of which lane 4g + t holds rows g and g + 8)."""
-        q_s = cuda.shared.array((Br, DP), types.uint16, alignment=128)
-        k_s = cuda.shared.array((KV_ROWS, DP), types.uint16, alignment=128)
-        v_s = cuda.shared.array((KV_ROWS, DP), types.uint16, alignment=128)
-        qa = cuda.local.array((MT, KC, 4), uint32)  # A fragments of this warp's rows of Q_i
+        qa = cuda.local.array((MT, KC if Q_IN_REGISTERS else 2, 4), uint32)  # A fragments of Q_i
         s = cuda.local.array((MT, NS, 4), float32)  # C fragments of S (then P), 8 keys each
         acc = cuda.local.array((MT, NO, 4), float32)  # C fragments of O, 8 columns each
         pa = cuda.local.array((MT, 2, 4), uint32)  # A fragments of P, 16 keys each
@@ -227,9 +325,18 @@ def build(Br, Bc, D, stages, bf16, warps_per_sm=16, MT=1):
         kv_base = np.uint64(b * k.shape[1] + hk) * np.uint64(n_kv) * np.uint64(D)
         q_ptr, k_ptr, v_ptr = address_of(q), address_of(k), address_of(v)
         # Shared arrays as 32-bit shared-window byte addresses (ldmatrix, cp.async).
-        qs = shared_address(address_of(q_s))
-        ks = shared_address(address_of(k_s))
-        vs = shared_address(address_of(v_s))
+        if DYNAMIC:  # one buffer: Q_i, then the K_j buffers, then the V_j buffers
+            tiles_s = cuda.shared.array(0, types.uint16, alignment=128)
+            qs = shared_address(address_of(tiles_s))
+            ks = qs + uint32(2 * Br * DP)
+            vs = ks + uint32(2 * KV_ROWS * DP)
+        else:
+            q_s = cuda.shared.array((Br, DP), types.uint16, alignment=128)
+            k_s = cuda.shared.array((KV_ROWS, DP), types.uint16, alignment=128)
+            v_s = cuda.shared.array((KV_ROWS, DP), types.uint16, alignment=128)
+            qs = shared_address(address_of(q_s))
+            ks = shared_address(address_of(k_s))
+            vs = shared_address(address_of(v_s))
 
         # The KV tiles this CTA needs, and the keys every one of its rows sees (flash2's rule).
         i_last = min(i0 + Br, n_q) - 1
@@ -253,10 +360,13 @@ def build(Br, Bc, D, stages, bf16, warps_per_sm=16, MT=1):
         commit()
         wait1()
         cuda.syncthreads()
-        for mt in range(MT):  # lane l reads row l % 16 of the m-tile, columns 8·(l // 16) …
-            for kc in range(KC):
-                ldmatrix(address_of(qa[mt, kc]),
-                         qs + 2 * uint32((WR * warp + 16 * mt + lane % 16) * DP + 16 * kc + 8 * (lane // 16)))
+        if Q_IN_REGISTERS:  # lane l reads row l % 16 of the m-tile, columns 8·(l // 16) …
+            for mt in range(MT):
+                for kc in range(KC):
+                    ldmatrix(address_of(qa[mt, kc]), qs + 2 * uint32((WR * warp + 16 * mt + lane % 16) * DP
+                                                                     + 16 * kc + 8 * (lane // 16)))
+        else:  # (the same lane's row, read in the tile loop)
+            q_lane = qs + 2 * uint32((WR * warp + lane % 16) * DP + 8 * (lane // 16))
 
         # This lane's row of each ldmatrix of K_j (row lane % 8, column 8·(lane // 8)) and of V_j
         # (row lane): one base address, plus a constant per fragment.
@@ -280,12 +390,24 @@ def build(Br, Bc, D, stages, bf16, warps_per_sm=16, MT=1):
                 for nt in range(NS):
                     for e in range(4):
                         s[mt, nt, e] = float32(0)
-            for nt in range(NS):
+            if Q_IN_REGISTERS:
+                for nt in range(NS):
+                    for kk in range(KC // 2):
+                        ldmatrix(address_of(kb), k_lane + uint32(2 * ((row0 + 8 * nt) * DP + 32 * kk)))
+                        for mt in range(MT):
+                            mma(address_of(s[mt, nt]), address_of(qa[mt, 2 * kk]), address_of(kb[0]))
+                            mma(address_of(s[mt, nt]), address_of(qa[mt, 2 * kk + 1]), address_of(kb[1]))
+            else:  # per 32 columns: Q_i's two A fragments from shared memory, then every n-tile
                 for kk in range(KC // 2):
-                    ldmatrix(address_of(kb), k_lane + uint32(2 * ((row0 + 8 * nt) * DP + 32 * kk)))
                     for mt in range(MT):
-                        mma(address_of(s[mt, nt]), address_of(qa[mt, 2 * kk]), address_of(kb[0]))
-                        mma(address_of(s[mt, nt]), address_of(qa[mt, 2 * kk + 1]), address_of(kb[1]))
+                        for half in range(2):
+                            ldmatrix(address_of(qa[mt, half]),
+                                     q_lane + uint32(2 * (16 * mt * DP + 32 * kk + 16 * half)))
+                    for nt in range(NS):
+                        ldmatrix(address_of(kb), k_lane + uint32(2 * ((row0 + 8 * nt) * DP + 32 * kk)))
+                        for mt in range(MT):
+                            mma(address_of(s[mt, nt]), address_of(qa[mt, 0]), address_of(kb[0]))
+                            mma(address_of(s[mt, nt]), address_of(qa[mt, 1]), address_of(kb[1]))
 
             # Mask (edge tiles only), row max over the quad, P = 2^(c·S − c·m_new), l, alpha.
             edge = j0 < inner_lo or j0 + Bc > inner_hi
@@ -364,9 +486,10 @@ def build(Br, Bc, D, stages, bf16, warps_per_sm=16, MT=1):
 def needs(problem, config):
     Br, Bc, stages, warps, MT = tiles(problem, config)
     D = problem.head_dim
-    threads = 32 * max(1, Br // (16 * MT))
+    smem = shared_bytes(Br, Bc, D, stages)
     return Needs(
-        shared_bytes=shared_bytes(Br, Bc, D, stages),
+        shared_bytes=smem,
+        dynamic_shared=smem > STATIC_SHARED,
         head_dims=HEAD_DIMS,
         dtypes=DTYPES,
         rules={
@@ -375,9 +498,6 @@ def needs(problem, config):
             "Bc is a multiple of 32 (P V takes 32 keys per ldmatrix)": Bc % 32 == 0,
             "stages is 1 or 2 (K/V buffers)": stages in (1, 2),
             "warps_per_sm <= 64": warps <= 64,
-            "Br and Bc are multiples of threads / (D / 8), the rows copied per step":
-                threads % (D // 8) == 0 and Br % (threads // (D // 8)) == 0
-                and Bc % (threads // (D // 8)) == 0,
         },
     )
 
@@ -392,5 +512,7 @@ def launch(problem, config, q, k, v, o, lse, gpu):
     Br, Bc, stages, warps, MT = tiles(p, config)
     left, right = p.mask_bounds()
     kernel = build(Br, Bc, p.head_dim, stages, p.dtype == "bfloat16", warps, MT)
+    smem = shared_bytes(Br, Bc, p.head_dim, stages)
+    dynamic = {"shared": smem} if smem > STATIC_SHARED else {}  # (the kernel's one dynamic buffer)
     gpu.launch(kernel, (cdiv(p.seq_q, Br), p.batch * p.heads), 32 * (Br // (16 * MT)),
-               q, k, v, o, lse, LOG2E * np.float32(p.scale), p.group, left, right)
+               q, k, v, o, lse, LOG2E * np.float32(p.scale), p.group, left, right, **dynamic)

@@ -65,6 +65,24 @@ the variants that avoid it loaded more or spilled more, PERF_NOTES.md). The 48 K
 shared memory is what keeps Bc at 64 (FA2 takes 128 keys a CTA at D = 128): each Q_i, dO_i is read
 and each dQ_i added once per 64 keys. Inputs float16, or bfloat16 as their uint16 bits; gradients
 in the input dtype.
+
+Head dims: every multiple of 8 up to 256, padded as flash2_mma pads them (inside the tile, never in
+memory): K_j, Q_i, dO_i (and V_j, below) are DK = D rounded up to 32 wide in shared memory, the
+columns past D zero-filled by flash2_mma.padded_copier, so Sᵀ and dPᵀ contract over DK columns
+that add nothing past D. dK, dV and dQ are n-tiles of 8 columns; a column past D (zeros) is never
+stored. Three shapes of the kernel, chosen by D when it is built:
+- D = 32, 64, 96, 128 (DK = D ≤ 128; v_in_registers): as above, V_j's A fragments loaded once
+  from global memory into registers.
+- the other D ≤ 128: V_j is copied (zero-padded) into shared memory beside K_j, and its A
+  fragments are read there with K_j's, 32 columns at a time, in every tile; dQ's tile is DK wide.
+- D > 128 (DK = 160 … 256; slices): a thread cannot hold dK and dV (2·D float32), so the columns
+  are split over 2 CTAs (grid z): each recomputes Sᵀ and dPᵀ over all DK columns (2 of the 5
+  products twice), then computes dV, dK and dQ for its DK / 2 columns; V_j in shared memory.
+Tiles: Br = Bc = 64 at D ≤ 64, Br = 32 above; 8 warps per SM (2 CTAs of 4 warps, 255 registers).
+A thread holds dK and dV (D float32 unsplit, DK / 2 split: at most 128), Sᵀ and dPᵀ (Br / 2 each)
+and a part of dQ_i. Shared memory: the tiles above, dSᵀ, LSE₂ and D; over 48 KiB (DK = 128 with
+V_j in shared memory, and every D > 128) K_j, V_j, Q_i, dO_i are one dynamic buffer (tile_bytes,
+passed by launch()) and the rest stays static. Spills a compile check tolerates: spill_budget(D).
 """
 
 import functools
@@ -75,7 +93,8 @@ from numba import config as numba_config
 from numba import cuda, float32, types, uint32
 
 from .common import first_key, last_key, load_f32, to_io
-from .flash2_mma import MMA_CU, address_of
+from .flash2_mma import MMA_CU, address_of, padded_copier, padded_dim, plain_copy
+from .hardware import STATIC_SHARED
 
 LESSON = ("FA2 backward on the tensor cores: KV blocks outer, P recomputed from LSE in registers, "
           "dK and dV in registers, dQ added across CTAs with float32 atomics")
@@ -84,7 +103,7 @@ LESSON = ("FA2 backward on the tensor cores: KV blocks outer, P recomputed from 
 # memory). Br = 32 with 12 warps per SM (168 registers) measured slower at D = 64 (PERF_NOTES.md).
 DEFAULT_CONFIG = {"Br": 64, "Bc": 64, "warps_per_sm": 8}
 SIM_CONFIG = {"Br": 32, "Bc": 32, "warps_per_sm": 8}  # (refused in the simulator: GPU_ONLY)
-HEAD_DIMS = (32, 64, 128)
+HEAD_DIMS = tuple(range(8, 257, 8))  # every multiple of 8 up to 256 (flash2_mma.padded_dim: how)
 DTYPES = ("float16", "bfloat16")
 GPU_ONLY = ("the simulator cannot link CUDA C++ (mma.cu); flash2_mma_bwd runs on a GPU only, and its "
             "compile check runs with no GPU (pytest tests/test_mma_bwd_compile.py)")
@@ -126,9 +145,18 @@ def _declare():
     return {name: cuda.declare_device(name, s, link=MMA_CU, abi="c") for name, s in sig.items()}
 
 
+def spill_budget(D):
+    """Spill bytes the compile checks tolerate for the main kernel at head dim D, default config.
+    At 255 registers ptxas keeps a few loop invariants and fragments in local memory wherever a
+    thread's dK, dV (up to 128 float32), Sᵀ and dPᵀ come near the limit: SPILL_BUDGET (set at
+    D = 128) and a little more up to DK = 192; twice it at DK = 224 and 256, where a CTA's 128
+    columns of dK, dV sit beside a contraction over all DK columns."""
+    return SPILL_BUDGET + 80 if padded_dim(D) <= 192 else 2 * SPILL_BUDGET
+
+
 def tiles(problem, config):
-    """(Br, Bc, warps_per_sm) for this problem: at D > 64, Br ≤ 32 (K_j, Q_i, dO_i fit 48 KiB) and
-    8 warps per SM (a thread holds 128 float32 of dK, dV: ~250 registers)."""
+    """(Br, Bc, warps_per_sm) for this problem: at D > 64, Br ≤ 32 (at D = 128 K_j, Q_i, dO_i then
+    fit 48 KiB) and 8 warps per SM (a thread holds up to 128 float32 of dK, dV: ~250 registers)."""
     Br, Bc, warps = config["Br"], config["Bc"], config["warps_per_sm"]
     if problem.head_dim > 64:
         Br, warps = min(Br, 32), min(warps, 8)
@@ -140,9 +168,30 @@ def padded_rows(problem, Br):
     return -(-problem.seq_q // Br) * Br
 
 
+def v_in_registers(D):
+    """Whether V_j's A fragments are loaded once from global memory into registers (D = 32, 64,
+    96, 128: no padding, and at most 32 registers). Otherwise V_j goes to shared memory with K_j
+    (padded_copier: zero columns past D) and its fragments are read there for each tile."""
+    return padded_dim(D) == D <= 128
+
+
+def slices(D):
+    """CTAs that share a K/V block's columns of dK, dV and dQ (grid z): 2 at D > 128, where one
+    thread would hold 2·D float32 of dK and dV. Each recomputes Sᵀ and dPᵀ (they contract over all
+    of D), then computes DK / 2 of the columns."""
+    return 2 if padded_dim(D) > 128 else 1
+
+
+def tile_bytes(Br, Bc, D):
+    """K_j (and V_j unless v_in_registers), Q_i, dO_i: rows of DK + 8 16-bit elements (DK =
+    padded_dim(D)); a dynamic buffer where shared_bytes is over 48 KiB."""
+    kv_rows = Bc if v_in_registers(D) else 2 * Bc
+    return 2 * (kv_rows + 2 * Br) * (padded_dim(D) + 8)
+
+
 def shared_bytes(Br, Bc, D):
-    """K_j, Q_i, dO_i (rows of D + 8 16-bit elements), dSᵀ (Bc rows of Br + 8), LSE₂ and D."""
-    return 2 * (Bc + 2 * Br) * (D + 8) + 2 * Bc * (Br + 8) + 2 * 4 * Br
+    """The tiles, dSᵀ (Bc rows of Br + 8), LSE₂ and D (the last three static arrays always)."""
+    return tile_bytes(Br, Bc, D) + 2 * Bc * (Br + 8) + 2 * 4 * Br
 
 
 def min_blocks(threads, smem, warps_per_sm):
@@ -241,15 +290,25 @@ def build(Br, Bc, D, bf16, warps_per_sm=8):
 
     WARPS = Bc // 16  # warp w owns keys 16w … 16w + 15
     THREADS = 32 * WARPS
-    DP = D + 8  # padded K/Q/dO row (16-bit elements)
+    DK = padded_dim(D)  # D in shared memory: zero columns up to a multiple of 32
+    DP = DK + 8  # padded K/V/Q/dO row (16-bit elements)
     SP = Br + 8  # padded dSᵀ row (16-bit elements)
-    KC = D // 16  # 16-wide chunks of D (the contraction of Sᵀ, dPᵀ)
+    KC = DK // 16  # 16-wide chunks of DK (the contraction of Sᵀ, dPᵀ)
     NQ = Br // 8  # n-tiles of Sᵀ, dPᵀ (8 queries each)
     NQ2 = Br // 16  # 16-query chunks: the contraction of dV, dK
-    ND = D // 8  # n-tiles of dK, dV (8 columns of D each)
-    WM, WN = dq_grid(Br, Bc, D)
+    V_IN_REGISTERS = v_in_registers(D)
+    V_IN_SHARED = not V_IN_REGISTERS
+    SPLIT = slices(D) > 1  # this CTA computes columns c0 … c0 + CW − 1 of dK, dV, dQ (grid z)
+    CW = DK // slices(D)  # columns of dK, dV, dQ a CTA computes (those past D are not stored)
+    ALL_REAL = DK == D  # no computed column lies past D: stores need no test
+    ND = (CW if SPLIT else D) // 8  # n-tiles of dK, dV (8 columns each)
+    WM, WN = dq_grid(Br, Bc, CW)
     QM = Br // WM // 16  # m-tiles (16 query rows) of a warp's dQ tile
-    QN = D // WN // 8  # n-tiles (8 columns) of a warp's dQ tile
+    QN = CW // WN // 8  # n-tiles (8 columns) of a warp's dQ tile
+    SMEM = shared_bytes(Br, Bc, D)
+    DYNAMIC = SMEM > STATIC_SHARED  # then K, V, Q, dO in one dynamic buffer (tile_bytes)
+    KV_ROWS = Bc if V_IN_REGISTERS else 2 * Bc  # shared rows of K_j (and V_j)
+    VA_STEP = 2 if V_IN_REGISTERS else 0  # va's chunk for the kk-th 32 columns: 2·kk, or 0 (re-read)
     ROW_CHUNKS = D // 8  # 16-byte chunks in a row
     RSTEP = THREADS // ROW_CHUNKS  # rows the CTA copies per step
 
@@ -271,7 +330,11 @@ def build(Br, Bc, D, bf16, warps_per_sm=8):
 
         return copy
 
-    copy_k, copy_q = tile_copier(Bc), tile_copier(Br)
+    if plain_copy(D, THREADS, Bc, Br):
+        copy_k, copy_q = tile_copier(Bc), tile_copier(Br)
+    else:  # any D: zero columns past D (flash2_mma.padded_copier)
+        copy_k = padded_copier(cp_async16, Bc, D, DP, THREADS)
+        copy_q = padded_copier(cp_async16, Br, D, DP, THREADS)
 
     @cuda.jit(device=True, inline="always")
     def copy_rows(ls, dls, lse2_ptr, delta_ptr, row_elem):
@@ -283,19 +346,24 @@ def build(Br, Bc, D, bf16, warps_per_sm=8):
             u = t - Br // 4
             cp_async16(dls + uint32(16 * u), delta_ptr, row_elem + np.uint64(8 * u), 1)
 
-    MIN_BLOCKS = min_blocks(THREADS, shared_bytes(Br, Bc, D), warps_per_sm)
+    MIN_BLOCKS = min_blocks(THREADS, SMEM, warps_per_sm)
 
     @cuda.jit(fastmath=FASTMATH, launch_bounds=(THREADS, MIN_BLOCKS))
     def flash2_mma_bwd(q, k, v, do, lse2, delta, dq_acc, dk, dv, c, scale, group, left, right):
         """CTA (j, b·Hkv + hk): dK_j, dV_j of keys j·Bc …, summed over the group's query heads, and
         their share of dQ. Warp w: keys 16w + g and 16w + g + 8 in lane 4g + t's fragments."""
-        k_s = cuda.shared.array((Bc, DP), types.uint16, alignment=128)
-        q_s = cuda.shared.array((Br, DP), types.uint16, alignment=128)
-        do_s = cuda.shared.array((Br, DP), types.uint16, alignment=128)
+        if DYNAMIC:  # K_j, V_j, Q_i, dO_i, one under the other
+            tiles_s = cuda.shared.array(0, types.uint16, alignment=128)
+        else:
+            k_s = cuda.shared.array((Bc, DP), types.uint16, alignment=128)
+            if V_IN_SHARED:
+                v_s = cuda.shared.array((Bc, DP), types.uint16, alignment=128)
+            q_s = cuda.shared.array((Br, DP), types.uint16, alignment=128)
+            do_s = cuda.shared.array((Br, DP), types.uint16, alignment=128)
         ds_s = cuda.shared.array((Bc, SP), types.uint16, alignment=128)  # dSᵀ (key, query)
         l_s = cuda.shared.array(Br, float32, alignment=16)  # LSE₂ of the block's rows
         d_s = cuda.shared.array(Br, float32, alignment=16)  # D of the block's rows
-        va = cuda.local.array((KC, 4), uint32)  # A fragments of this warp's 16 rows of V_j
+        va = cuda.local.array((KC if V_IN_REGISTERS else 2, 4), uint32)  # A fragments of its rows of V_j
         ka = cuda.local.array((2, 4), uint32)  # A fragments of its rows of K_j, 32 of D at a time
         kb = cuda.local.array((2, 2), uint32)  # B fragments (two 16-chunks of the contraction)
         st = cuda.local.array((NQ, 4), float32)  # C fragments of Sᵀ, then Pᵀ (8 queries each)
@@ -324,9 +392,17 @@ def build(Br, Bc, D, bf16, warps_per_sm=8):
         kv_base = np.uint64(b * kv_heads + hk) * np.uint64(n_kv) * np.uint64(D)
         q_ptr, k_ptr, do_ptr = address_of(q), address_of(k), address_of(do)
         lse2_ptr, delta_ptr, dq_ptr = address_of(lse2), address_of(delta), address_of(dq_acc)
-        ks = shared_address(address_of(k_s))
-        qs = shared_address(address_of(q_s))
-        dos = shared_address(address_of(do_s))
+        if DYNAMIC:
+            ks = shared_address(address_of(tiles_s))
+            vs = ks + uint32(2 * Bc * DP)  # (used where V_IN_SHARED)
+            qs = ks + uint32(2 * KV_ROWS * DP)
+            dos = qs + uint32(2 * Br * DP)
+        else:
+            ks = shared_address(address_of(k_s))
+            if V_IN_SHARED:
+                vs = shared_address(address_of(v_s))
+            qs = shared_address(address_of(q_s))
+            dos = shared_address(address_of(do_s))
         dss = shared_address(address_of(ds_s))
         ls = shared_address(address_of(l_s))
         dls = shared_address(address_of(d_s))
@@ -343,6 +419,8 @@ def build(Br, Bc, D, bf16, warps_per_sm=8):
         # K_j and the first Q_i, dO_i, LSE₂, D in flight; meanwhile this warp's rows of V_j go
         # straight from global memory into A fragments (lane 4g + t: rows g, g + 8, columns 2t, 2t + 8).
         copy_k(ks, k_ptr, kv_base, j0, n_kv)
+        if V_IN_SHARED:
+            copy_k(vs, address_of(v), kv_base, j0, n_kv)
         if n_it > 0:
             h = hk * group
             q_base = np.uint64(b * heads + h) * np.uint64(n_q) * np.uint64(D)
@@ -351,13 +429,15 @@ def build(Br, Bc, D, bf16, warps_per_sm=8):
             copy_rows(ls, dls, lse2_ptr, delta_ptr,
                       np.uint64(2) * (np.uint64(b * heads + h) * np.uint64(n_qp) + np.uint64(ib_lo * Br)))
         commit()
-        for r in range(2):
-            key = j0 + 16 * warp + g + 8 * r
-            v_row = kv_base + np.uint64(uint32(key * D + 2 * tq))
-            for kc in range(KC):
-                va[kc, r] = load_u32(address_of(v), v_row + np.uint64(16 * kc)) if key < n_kv else uint32(0)
-                va[kc, 2 + r] = (load_u32(address_of(v), v_row + np.uint64(16 * kc + 8)) if key < n_kv
+        if V_IN_REGISTERS:
+            for r in range(2):
+                key = j0 + 16 * warp + g + 8 * r
+                v_row = kv_base + np.uint64(uint32(key * D + 2 * tq))
+                for kc in range(KC):
+                    va[kc, r] = (load_u32(address_of(v), v_row + np.uint64(16 * kc)) if key < n_kv
                                  else uint32(0))
+                    va[kc, 2 + r] = (load_u32(address_of(v), v_row + np.uint64(16 * kc + 8)) if key < n_kv
+                                     else uint32(0))
         for nd in range(ND):
             for e in range(4):
                 acc_k[nd, e] = float32(0)
@@ -374,9 +454,17 @@ def build(Br, Bc, D, bf16, warps_per_sm=8):
         do_b = dos + uint32(2 * ((lane % 8) * DP + 8 * (lane // 8)))
         q_bt = qs + uint32(2 * lane * DP)
         do_bt = dos + uint32(2 * lane * DP)
-        k_bt = ks + uint32(2 * (lane * DP + D // WN * wn))
+        k_bt = ks + uint32(2 * (lane * DP + CW // WN * wn))
         ds_at = dss + uint32(2 * ((lane % 8 + 8 * (lane // 16)) * SP + Br // WM * wm + 8 * ((lane // 8) % 2)))
         key0 = j0 + 16 * warp + g  # this lane's keys: key0, key0 + 8
+        c0 = 0  # the first column of dK, dV, dQ this CTA computes
+        if SPLIT:
+            c0 = cuda.blockIdx.z * CW
+            q_bt += uint32(2 * c0)
+            do_bt += uint32(2 * c0)
+            k_bt += uint32(2 * c0)
+        if V_IN_SHARED:  # V_j's rows as K_j's: row 16w + lane % 16, column 8·(lane // 16)
+            v_a = vs + uint32(2 * ((16 * warp + lane % 16) * DP + 8 * (lane // 16)))
 
         for it in range(n_it):
             hq = it // n_blocks
@@ -394,13 +482,16 @@ def build(Br, Bc, D, bf16, warps_per_sm=8):
             for kk in range(KC // 2):
                 ldmatrix(address_of(ka[0]), k_a + uint32(64 * kk))
                 ldmatrix(address_of(ka[1]), k_a + uint32(64 * kk + 32))
+                if V_IN_SHARED:  # (then va holds these 32 columns only)
+                    ldmatrix(address_of(va[0]), v_a + uint32(64 * kk))
+                    ldmatrix(address_of(va[1]), v_a + uint32(64 * kk + 32))
                 for nt in range(NQ):
                     ldmatrix(address_of(kb), q_b + uint32(2 * (8 * nt * DP + 32 * kk)))
                     mma(address_of(st[nt]), address_of(ka[0]), address_of(kb[0]))
                     mma(address_of(st[nt]), address_of(ka[1]), address_of(kb[1]))
                     ldmatrix(address_of(kb), do_b + uint32(2 * (8 * nt * DP + 32 * kk)))
-                    mma(address_of(dpt[nt]), address_of(va[2 * kk]), address_of(kb[0]))
-                    mma(address_of(dpt[nt]), address_of(va[2 * kk + 1]), address_of(kb[1]))
+                    mma(address_of(dpt[nt]), address_of(va[VA_STEP * kk]), address_of(kb[0]))
+                    mma(address_of(dpt[nt]), address_of(va[VA_STEP * kk + 1]), address_of(kb[1]))
 
             # Pᵀ = 2^(c·Sᵀ − LSE₂) (the mask on edge tiles only), dSᵀ = Pᵀ ∘ (dPᵀ − D); both packed
             # to 16 bits as A fragments, and dSᵀ stored for dQ (a register is 2 queries of a key).
@@ -476,24 +567,27 @@ def build(Br, Bc, D, bf16, warps_per_sm=8):
                     for mt in range(QM):
                         mma(address_of(acc_q[mt, nd]), address_of(qa[mt, 0]), address_of(kb[0]))
                         mma(address_of(acc_q[mt, nd]), address_of(qa[mt, 1]), address_of(kb[1]))
+            dq_col = c0 + CW // WN * wn  # this warp's first column of dQ
             dq_row = (np.uint64(b * heads + h) * np.uint64(n_qp)
-                      + np.uint64(i0 + Br // WM * wm + g)) * np.uint64(D) + np.uint64(D // WN * wn + 2 * tq)
+                      + np.uint64(i0 + Br // WM * wm + g)) * np.uint64(D) + np.uint64(dq_col + 2 * tq)
             for mt in range(QM):
                 for r in range(2):
                     for nd in range(QN):
-                        red_add2(dq_ptr, dq_row + np.uint64((16 * mt + 8 * r) * D + 8 * nd),
-                                 acc_q[mt, nd, 2 * r], acc_q[mt, nd, 2 * r + 1])
+                        if ALL_REAL or dq_col + 8 * nd < D:  # (columns past D: zeros, not stored)
+                            red_add2(dq_ptr, dq_row + np.uint64((16 * mt + 8 * r) * D + 8 * nd),
+                                     acc_q[mt, nd, 2 * r], acc_q[mt, nd, 2 * r + 1])
 
         # dK_j = scale · (dSᵀ Q summed), dV_j: one store per register pair; keys past Nkv not stored.
         for r in range(2):
             key = key0 + 8 * r
             if key < n_kv:
-                row = kv_base + np.uint64(uint32(key * D + 2 * tq))
+                row = kv_base + np.uint64(uint32(key * D + c0 + 2 * tq))
                 for nd in range(ND):
-                    store_u32(address_of(dk), row + np.uint64(8 * nd),
-                              pack(acc_k[nd, 2 * r] * scale, acc_k[nd, 2 * r + 1] * scale))
-                    store_u32(address_of(dv), row + np.uint64(8 * nd),
-                              pack(acc_v[nd, 2 * r], acc_v[nd, 2 * r + 1]))
+                    if ALL_REAL or c0 + 8 * nd < D:  # (columns past D: zeros, not stored)
+                        store_u32(address_of(dk), row + np.uint64(8 * nd),
+                                  pack(acc_k[nd, 2 * r] * scale, acc_k[nd, 2 * r + 1] * scale))
+                        store_u32(address_of(dv), row + np.uint64(8 * nd),
+                                  pack(acc_v[nd, 2 * r], acc_v[nd, 2 * r + 1]))
 
     return flash2_mma_bwd
 
@@ -503,10 +597,10 @@ def needs(problem, config):
 
     Br, Bc, warps = tiles(problem, config)
     D = problem.head_dim
-    threads = 2 * Bc
-    rstep = max(1, threads // max(1, D // 8))
+    smem = shared_bytes(Br, Bc, D)
     return Needs(
-        shared_bytes=shared_bytes(Br, Bc, D),
+        shared_bytes=smem,
+        dynamic_shared=smem > STATIC_SHARED,
         head_dims=HEAD_DIMS,
         dtypes=DTYPES,
         rules={
@@ -514,10 +608,8 @@ def needs(problem, config):
             "Bc is a multiple of 32 (a warp per 16 keys; dQ takes 32 keys per ldmatrix)": Bc % 32 == 0,
             "Bc <= 512 (a warp per 16 keys, 1024 threads)": Bc <= 512,
             "warps_per_sm <= 64": warps <= 64,
-            "Br and Bc are multiples of the rows copied per step, 2·Bc / (D / 8)":
-                threads % (D // 8) == 0 and Br % rstep == 0 and Bc % rstep == 0,
-            "the Bc / 16 warps tile dQ's Br × D (16-row by 8-column fragments)":
-                dq_grid(Br, Bc, D) is not None,
+            "the Bc / 16 warps tile dQ's Br × DK / slices (16-row by 8-column fragments)":
+                dq_grid(Br, Bc, padded_dim(D) // slices(D)) is not None,
         },
     )
 
@@ -541,8 +633,11 @@ def launch(problem, config, q, k, v, o, lse, do, dq, dk, dv, gpu):
     dq_acc = gpu.empty((bh, n_qp, D), np.float32)
     gpu.launch(build_prep(D), (n_qp // PREP_ROWS, bh), 32 * PREP_WARPS, o, do, lse, lse2, delta, dq_acc)
     kernel = build(Br, Bc, D, p.dtype == "bfloat16", warps)
-    gpu.launch(kernel, (-(-p.seq_kv // Bc), p.batch * p.kv_heads), 2 * Bc,
+    grid = (-(-p.seq_kv // Bc), p.batch * p.kv_heads) + ((slices(D),) if slices(D) > 1 else ())
+    # (over 48 KiB the K, V, Q, dO tiles are the kernel's one dynamic buffer)
+    dynamic = {"shared": tile_bytes(Br, Bc, D)} if shared_bytes(Br, Bc, D) > STATIC_SHARED else {}
+    gpu.launch(kernel, grid, 2 * Bc,
                q, k, v, do, lse2, delta, dq_acc, dk, dv, LOG2E * np.float32(p.scale),
-               np.float32(p.scale), p.group, left, right)
+               np.float32(p.scale), p.group, left, right, **dynamic)
     gpu.launch(build_convert(D), (-(-p.seq_q * D // (CONVERT_THREADS * CONVERT_ITEMS)), bh), CONVERT_THREADS,
                dq_acc, dq, np.float32(p.scale))
