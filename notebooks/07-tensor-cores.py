@@ -197,7 +197,7 @@ checks.check("p-fragment", p_fragment)
 # %%
 outline = [r"^\s*for \w+ in range", r"syncthreads\(\)", r"\bldmatrix(_t)?\(", r"\bmma\(", r"\bcopy_(q|kv)\(",
            r"\b(commit|wait0|wait1)\(\)", r"shfl_xor_sync", r"^\s*def flash2_mma\(", r"j_start, j_end =",
-           r"^\s+# (S = |Mask|O \+= |l over)"]
+           r"^\s+# (S = |Mask|O \+= |l over)", r"^\s*if (not )?Q_IN_REGISTERS", r"^\s+else:  # per 32 columns"]
 print(course.skeleton(flash2_mma.build, outline))
 
 # %% [markdown]
