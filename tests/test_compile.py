@@ -19,6 +19,7 @@ SMALL_DIMS = ("16", "32")
 
 FAST_DTYPES = ("float32", "float16")
 MORE = {"bf16": ["--dtype", "bfloat16"],  # (a rung is compiled for the dtypes its needs() declare)
+        "fp32-128": ["--dtype", "float32", "--dim", "128"],
         "small": ["--kernels", ",".join(TILED), "--dim", *SMALL_DIMS, "--dtype", "float32"]}
 
 
@@ -41,9 +42,11 @@ def inspect(tmp, runs):
 
 @pytest.fixture(scope="module")
 def usage(tmp_path_factory):
-    """Every rung at D = 64 and 128 in float32 and float16 (the CI tier; bfloat16 and flash1,
-    flash2 at the small D are test_more_compiled_kernels', in the slow tier)."""
-    return inspect(tmp_path_factory.mktemp("inspect"), {"all": ["--dtype", *FAST_DTYPES]})
+    """Every rung at D = 64 in float32 and float16, and at D = 128 in float16 (the CI tier;
+    float32 at D = 128, bfloat16, and flash1, flash2 at the small D are test_more_compiled_kernels',
+    in the slow tier)."""
+    return inspect(tmp_path_factory.mktemp("inspect"), {"64": ["--dtype", *FAST_DTYPES, "--dim", "64"],
+                                                        "128": ["--dtype", "float16", "--dim", "128"]})
 
 
 def check_every_rung_compiled(usage, dtypes=FAST_DTYPES, small=False):
@@ -51,7 +54,7 @@ def check_every_rung_compiled(usage, dtypes=FAST_DTYPES, small=False):
 
     assert {u["rung"] for u in usage} == {r.name for r in LADDER if any(
         t in r.module.needs(Problem(head_dim=64, dtype=t), r.module.DEFAULT_CONFIG).dtypes for t in dtypes)}
-    every = {(t, d) for t in dtypes for d in (64, 128)}
+    every = {(t, 64) for t in dtypes} | ({("float16", 128)} if "float16" in dtypes else set())
     extra = {("float32", d) for d in (16, 32)} if small else set()
     assert {(u["dtype"], u["head_dim"]) for u in usage} <= every | extra
     for rung in TILED:  # every supported D
@@ -103,10 +106,14 @@ def test_compiled_kernels(usage):
 
 @pytest.mark.slow
 def test_more_compiled_kernels(tmp_path):
-    """bfloat16 for the rungs that take it, and flash1, flash2 at D = 16 and 32 (float32)."""
+    """bfloat16 for the rungs that take it, every float32 rung at D = 128, and flash1, flash2 at
+    D = 16 and 32 (float32)."""
+    from workbench import LADDER
+
     rows = inspect(tmp_path, MORE)
     assert "flash2" in {u["rung"] for u in rows if u["dtype"] == "bfloat16"}
+    fp32 = {r.name for r in LADDER if "float32" in r.module.needs(Problem(head_dim=128), r.module.DEFAULT_CONFIG).dtypes}
     assert {(u["rung"], u["head_dim"]) for u in rows if u["dtype"] == "float32"} == {
-        (r, d) for r in TILED for d in (16, 32)}
+        (r, d) for r in TILED for d in (16, 32)} | {(r, 128) for r in fp32}
     check_no_spills_and_shared_memory_in_budget(rows)
     check_declared_shared_memory_is_what_the_compiler_allocated(rows)
