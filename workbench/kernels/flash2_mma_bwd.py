@@ -577,6 +577,9 @@ def build(Br, Bc, D, bf16, warps_per_sm=8):
                             red_add2(dq_ptr, dq_row + np.uint64((16 * mt + 8 * r) * D + 8 * nd),
                                      acc_q[mt, nd, 2 * r], acc_q[mt, nd, 2 * r + 1])
 
+        if n_it == 0:
+            wait0()  # a CTA whose keys no query sees: K_j's copy must land before the CTA exits
+
         # dK_j = scale · (dSᵀ Q summed), dV_j: one store per register pair; keys past Nkv not stored.
         for r in range(2):
             key = key0 + 8 * r
