@@ -10,7 +10,8 @@ one device call (< 10 minutes) and each write one JSON with provenance.
     python3 scripts/gpu_flash3.py OUTDIR all [--quick]
 
 (a) probe.json: a TMA box into shared memory against NumPy, byte for byte with the 128-byte
-    swizzle, rows past N zero-filled; mbarrier phases (a fresh barrier passes parity 1, then four
+    swizzle, rows past N zero-filled; the same map buffer rewritten from the host between two
+    launches (tma_rewrite: the tensormap acquire fence must drop the old map); mbarrier phases (a fresh barrier passes parity 1, then four
     rounds of 128 arrivals); one wgmma m64nNk16 chain with A and B from shared memory (N = 64, 128)
     and one with A from registers and B transposed (V, N = D = 64, 128) against NumPy.
     Each probe runs in its own subprocess with a timeout: a wrong transaction count or parity
@@ -340,6 +341,34 @@ def probe_one(name):
         cuda.synchronize()
         got = out.copy_to_host()
         return {"passed": bool((got[:4] == [1, 2, 3, 4]).all() and (got[4:] == 1).all())}
+    if name == "tma_rewrite":
+        # flash3's tensor maps live in a pooled global buffer that the host rewrites before every
+        # call: the same address, a new map. Two launches on one buffer, a different tensor each
+        # time; the second box must come from the second tensor (a stale map cached by the
+        # tensormap proxy would give the first one's bytes, or fault).
+        D, BH, R = 128, 2, 64
+        x, y, z = 0, 0, 1
+        maps = cuda.to_device(np.zeros((1, 16), np.uint64))
+        kernel, box_bytes = k["tma_box"](R * 128), R * 128
+        results = []
+        for N in (100, 40):
+            src = rng.standard_normal((BH, N, D)).astype(np.float16)
+            dev = cuda.to_device(src)
+            maps.copy_to_device(np.array([flash3.tensor_map(dev.__cuda_array_interface__["data"][0], N, BH, D,
+                                                            R, False)], np.uint64))
+            out = cuda.to_device(np.zeros(box_bytes, np.uint8))
+            _launch(kernel, 128, box_bytes + 8 + 1024, maps, out, x, y, z)
+            box = np.zeros((R, 64), np.float16)
+            rows = src[z, y:min(y + R, N), x:x + 64]
+            box[:len(rows)] = rows
+            plain = box.view(np.uint8).reshape(R, 8, 16)
+            want = np.empty_like(plain)
+            for r in range(R):
+                for c in range(8):
+                    want[r, c ^ (r % 8)] = plain[r, c]
+            results.append(int((out.copy_to_host().reshape(R, 8, 16) != want).sum()))
+            del dev  # (its memory may be reused: the stale map would then read the wrong tensor)
+        return {"passed": results == [0, 0], "bytes_wrong_per_launch": results}
     if name.startswith("tma"):  # tma_d128_rows64: a box of 64 rows at row 64 of N = 100 (rows 100.. zero)
         D, N, BH, R = 128, 100, 2, 64
         src = rng.standard_normal((BH, N, D)).astype(np.float16)
@@ -424,7 +453,7 @@ def probe_one(name):
             "max_abs_err": err, "nan": int(np.isnan(got).sum())}
 
 
-PROBES = ["mbar_rounds", "tma_d128_rows64", "wgmma-ss_n64_f16", "wgmma-ss_n128_f16", "wgmma-ss_n64_bf16",
+PROBES = ["mbar_rounds", "tma_d128_rows64", "tma_rewrite", "wgmma-ss_n64_f16", "wgmma-ss_n128_f16", "wgmma-ss_n64_bf16",
           "wgmma-rs_n64_f16", "wgmma-rs_n128_f16", "wgmma-rs_n128_bf16"]
 FP8_PROBES = ["wgmma-ss8_n64", "wgmma-ss8_n128", "wgmma-rs8_n64", "wgmma-rs8_n128"]
 

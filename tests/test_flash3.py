@@ -148,7 +148,7 @@ def test_needs_and_rules():
     assert n8.shared_bytes == 128 * 128 * 7 + 8 * 9 + 1024 and all(n8.rules.values())
     for bad in ({"Bc": 64}, {"stages": 1}, {"warp_specialized": flash3.ONE_ROLE, "pingpong": flash3.TOGETHER}):
         assert not all(flash3.needs(p8, {**flash3.DEFAULT_CONFIG, **bad}).rules.values()), bad
-    for bad in ({"Br": 64}, {"Bc": 96}, {"stages": 5}, {"pingpong": flash3.PINGPONG,
+    for bad in ({"Br": 64}, {"Bc": 96}, {"stages": 5}, {"stages": 1}, {"pingpong": flash3.PINGPONG,
                                                         "warp_specialized": flash3.ONE_ROLE}):
         assert not all(flash3.needs(p, {**flash3.DEFAULT_CONFIG, **bad}).rules.values()), bad
 

@@ -241,6 +241,8 @@ def build(Bc, D, stages, bf16, warp_specialized=SPECIALIZED, pingpong=PINGPONG, 
     OV = intra_overlap == OVERLAP
     if PP and not SPEC:
         raise ValueError("pingpong needs warp_specialized = SPECIALIZED")
+    if OV and stages < 2:  # S_j waits for K_j, which refills the buffer P_{j-1} V_{j-1} still holds
+        raise ValueError("intra_overlap = OVERLAP needs stages >= 2")
     THREADS = WG * (3 if SPEC else 2)
     CONSUMER0 = 1 if SPEC else 0  # the first consumer warpgroup
     L = layout(Br, Bc, D, stages, FP8)
@@ -678,6 +680,8 @@ def needs(problem, config):
             "intra_overlap is 1 (IN_ORDER) or 2 (OVERLAP)": ov in (IN_ORDER, OVERLAP),
             "pingpong needs warp_specialized = SPECIALIZED (one role recycles buffers behind "
             "__syncthreads)": pp == TOGETHER or ws == SPECIALIZED,
+            "intra_overlap = OVERLAP needs stages >= 2 (S_j is issued before buffer j − 1 is "
+            "released: with one buffer K_j never lands)": ov == IN_ORDER or stages >= 2,
         },
     )
 
@@ -700,8 +704,10 @@ def tensor_map(ptr, n, bh, D, box_rows, bf16, fp8=False):
         T.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 if bf16 else T.CU_TENSOR_MAP_DATA_TYPE_FLOAT16)
     size, box = (1, D) if fp8 else (2, PANEL)
     swizzle = S.CU_TENSOR_MAP_SWIZZLE_64B if fp8 and D == 64 else S.CU_TENSOR_MAP_SWIZZLE_128B
+    u64, u32 = d.cuuint64_t, d.cuuint32_t  # (cuda.bindings 13 refuses plain ints in these lists)
     err, tmap = d.cuTensorMapEncodeTiled(
-        dtype, 3, ptr, [D, n, bh], [size * D, size * D * n], [box, box_rows, 1], [1, 1, 1],
+        dtype, 3, ptr, [u64(D), u64(n), u64(bh)], [u64(size * D), u64(size * D * n)],
+        [u32(box), u32(box_rows), u32(1)], [u32(1), u32(1), u32(1)],
         d.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE,
         swizzle,
         d.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,

@@ -129,11 +129,14 @@ extern "C" __device__ void wbh_mbar_wait(unsigned bar, unsigned parity)
 // The tensor map (a 128-byte CUtensorMap built on the host by cuTensorMapEncodeTiled) lives in
 // global memory here: Numba cannot pass a __grid_constant__ kernel parameter. PTX allows a tensor
 // map in .global; one that was written through the generic proxy (our host-to-device copy) is
-// acquired by the tensormap proxy once before its first use (fence.proxy.tensormap).
+// acquired by the tensormap proxy once before its first use (fence.proxy.tensormap). Scope .sys:
+// the map was written from the host by a memcpy (CUDA C++ Programming Guide, "Using TMA to
+// transfer multi-dimensional arrays": "modified from the host using cudaMemcpy, the scope should
+// be .sys"); the buffer is reused from a pool, so a stale map cached at .gpu scope is possible.
 
 extern "C" __device__ void wbh_tensormap_acquire(unsigned long long tmap)
 {
-    asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;" :: "l"(tmap) : "memory");
+    asm volatile("fence.proxy.tensormap::generic.acquire.sys [%0], 128;" :: "l"(tmap) : "memory");
 }
 
 extern "C" __device__ void wbh_tensormap_prefetch(unsigned long long tmap)
