@@ -695,6 +695,7 @@ def _check_kv_tiles(fn, seed=None):
                 wrong.append((r, want, (js, je)))
         if wrong:
             c.fail(f"(j_start, j_end): {len(wrong)} of {len(rows)} query blocks wrong")
+            wrong.sort(key=lambda w: w[1] is None)  # blocks that need tiles first: the usual mistake
             for r, want, got_ in wrong[:SHOWN]:
                 i0, i_last, Bc, shift, left, right, n_kv, what = r
                 need = "no tile (an empty range)" if want is None else f"tiles {want[0]}…{want[1] - 1}"
