@@ -1526,7 +1526,22 @@ def worker_main(results_fd: int, cpu_s: int, memory_bytes: int, file_bytes: int)
                     raise ValueError(f"unknown request {step!r}")
             except Exception as exc:
                 out, meta = {}, {"error": describe_error(exc, path), "host": host.take()}
+                _settle_simulator_threads()
             send({"type": "result", "test": header.get("test"), "step": step, "meta": meta}, out)
+
+
+def _settle_simulator_threads(wait_s: float = 5.0) -> None:
+    """Wait for the threads a kernel that raised left running. Numba's simulator re-raises the first
+    thread's exception at once and only flags the others to abort at their next barrier; until they
+    get there they run device functions, and while they do, the module's `cuda` is the simulator's
+    in-kernel stand-in, so the next test's `cuda.jit` in that module would fail (AttributeError: no
+    'jit'). A thread that never reaches a barrier again is left after `wait_s`."""
+    import threading
+
+    deadline = time.monotonic() + wait_s
+    for t in threading.enumerate():
+        if type(t).__name__ == "BlockThread" and t is not threading.current_thread():
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 # --- tests and judging (the grader's side) -----------------------------------------------------
